@@ -1,0 +1,309 @@
+"""``DataStorer``: the seed's storer, non-blocking. Every save method checks, snapshots
+and enqueues on the caller's thread; one background thread runs the writer's event loop.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing.util
+import os
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, ClassVar, NamedTuple
+
+import anyio
+
+from . import comparisons
+from ._config import SystemConfig, load_config
+from ._defaults import resolve_config, set_default
+from ._exceptions import StorageError
+from ._front import Front, saved_metric_names
+from ._queue import Op, OpQueue
+from ._results import HPOResult, HPOStepResult, TrainingResult, TrainingStepResult
+from ._sinks import DocumentSink
+from ._writer import RetryPolicy, Sink, Writer
+from .stores import open_store
+
+log = logging.getLogger("asyncstore")
+
+
+class StorerStats(NamedTuple):
+    accepted: int
+    written: int
+    pending: int
+    retried: int
+    failed: int
+    spilled: int
+    high_water: int
+    last_error: str | None
+
+
+def build_sinks(config: SystemConfig, *, inline_local: bool) -> list[Sink]:
+    sinks: list[Sink] = []
+    for db in config.database.write_databases:
+        if db.data_resolution == 0:
+            continue
+        store = open_store(db)
+        if inline_local and db.name == "local":
+            store.inline = True
+        sinks.append(DocumentSink(store, db.data_resolution))
+    return sinks
+
+
+def build_writer(config: SystemConfig, queue: OpQueue, *, inline_local: bool) -> Writer:
+    w = config.writer
+    return Writer(
+        queue,
+        build_sinks(config, inline_local=inline_local),
+        flush_interval=w.flush_interval,
+        max_batch_steps=w.max_batch_steps,
+        retry=RetryPolicy(w.retry.attempts, w.retry.initial, w.retry.max_wait, w.retry.deadline),
+    )
+
+
+def _not_yet(what: str) -> NotImplementedError:
+    return NotImplementedError(f"{what} is not implemented in this version of asyncstore")
+
+
+class DataStorer:
+    """Stores Sparsey results in every configured document store without blocking.
+
+    >>> with DataStorer([{"name": "loss", "save": True}], config) as ds:
+    ...     ds.create_experiment(result)
+    ...     ds.save_training_step(result.id, step)
+    """
+
+    is_initialized: ClassVar[bool] = False
+    wandb_config: ClassVar[dict[str, Any]] = {}
+    firestore_config: ClassVar[dict[str, Any]] = {}
+
+    @staticmethod
+    def configure(ds_config: Mapping[str, Any] | str | os.PathLike[str] | SystemConfig) -> None:
+        """Validate the system configuration and make it the process default (for
+        ``DataStorer``, ``AsyncDataStorer`` and ``DataFetcher``).
+
+        :raises ConfigError: an invalid value, naming its key.
+        """
+        cfg = load_config(ds_config)
+        set_default(cfg)
+        DataStorer.wandb_config = cfg.wandb.model_dump()
+        fs = next((d for d in cfg.database.write_databases if d.name == "firestore"), None)
+        DataStorer.firestore_config = fs.model_dump() if fs is not None else {}
+        DataStorer.is_initialized = True
+
+    def __init__(
+        self,
+        metric_config: list[dict[str, Any]],
+        config: Mapping[str, Any] | str | os.PathLike[str] | SystemConfig | None = None,
+    ) -> None:
+        self.config = resolve_config(config, "DataStorer")
+        self._front = Front(self.config, saved_metric_names(metric_config))
+        self._queue = OpQueue(self.config.writer.queue_size)
+        self._writer = build_writer(self.config, self._queue, inline_local=True)
+        self._pid = os.getpid()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._reported = 0  # failures already raised by flush()
+        self._thread = threading.Thread(
+            target=self._thread_main, name="asyncstore-writer", daemon=True
+        )
+        self._thread.start()
+        _track(self)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _thread_main(self) -> None:
+        try:
+            anyio.run(self._writer.run)
+        except BaseException:  # noqa: BLE001 - recorded in writer.stats.fatal, logged there
+            pass
+
+    def _check_usable(self) -> None:
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                f"this DataStorer was created in process {self._pid} and cannot be used in "
+                "a forked child; create a new DataStorer in the child"
+            )
+
+    def _put(self, op: Op) -> None:
+        self._check_usable()
+        if self._closed:
+            raise RuntimeError("this DataStorer is closed")
+        self._queue.put(op)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until everything accepted before this call is stored in every store.
+
+        :raises TimeoutError: not all of it was stored within ``timeout`` seconds.
+        :raises StorageError: something failed permanently (listed).
+        """
+        self._check_usable()
+        target = self._queue.request_flush()
+        self._wait(target, timeout)
+        self._raise_failures(target)
+
+    def _wait(self, target: int, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._queue.wait_done(target, 0.1):
+            if not self._thread.is_alive():
+                fatal = self._writer.stats.fatal
+                raise StorageError(
+                    f"the writer stopped: {fatal!r}" if fatal else "the writer has stopped",
+                    [f"{self._queue.accepted - self._queue.done} accepted operation(s) not stored"],
+                )
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"{self._queue.accepted - self._queue.done} operation(s) not yet stored "
+                    f"after {timeout} s"
+                )
+
+    def _raise_failures(self, target: int) -> None:
+        failures = self._writer.stats.failures
+        new = [text for seq, text in failures[self._reported :] if seq <= target]
+        if new:
+            self._reported = len(failures)
+            raise StorageError(f"{len(new)} operation(s) could not be stored", new)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Store everything accepted, then stop the writer. Safe to call twice.
+
+        :raises TimeoutError: the writer did not finish within ``timeout``.
+        :raises StorageError: something failed permanently (listed).
+        """
+        if os.getpid() != self._pid:
+            return
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        target = self._queue.accepted
+        self._queue.close()
+        try:
+            self._wait(target, timeout)
+            self._thread.join(timeout)
+        finally:
+            _untrack(self)
+        self._raise_failures(target)
+
+    def __enter__(self) -> DataStorer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:  # the body's exception wins; a storage failure is logged, not raised over it
+            self.close()
+        except Exception:  # noqa: BLE001
+            log.exception("closing the DataStorer after an error")
+
+    def stats(self) -> StorerStats:
+        q, s = self._queue, self._writer.stats
+        return StorerStats(
+            accepted=q.accepted,
+            written=s.written,
+            pending=q.pending,
+            retried=s.retried,
+            failed=s.failed,
+            spilled=0,
+            high_water=q.high_water,
+            last_error=s.last_error,
+        )
+
+    # ------------------------------------------------------------------ the seed's methods
+
+    def create_experiment(self, experiment: TrainingResult) -> None:
+        self._put(self._front.experiment(experiment))
+
+    def save_training_step(self, parent: str, result: TrainingStepResult) -> None:
+        self._put(self._front.step(parent, result, "training"))
+
+    def save_training_result(self, result: TrainingResult) -> None:
+        self._put(self._front.result(result, "training"))
+
+    def save_evaluation_step(self, parent: str, result: TrainingStepResult) -> None:
+        self._put(self._front.step(parent, result, "evaluation"))
+
+    def save_evaluation_result(self, result: TrainingResult) -> None:
+        self._put(self._front.result(result, "evaluation"))
+
+    def create_hpo_sweep(self, sweep: HPOResult) -> None:
+        raise _not_yet("create_hpo_sweep")
+
+    def save_hpo_step(self, parent: str, result: HPOStepResult) -> None:
+        raise _not_yet("save_hpo_step")
+
+    def save_hpo_result(self, result: HPOResult) -> None:
+        raise _not_yet("save_hpo_result")
+
+    def save_model(self, experiment: str, m: Any, model_config: dict[str, Any] | None = None) -> None:
+        raise _not_yet("save_model")
+
+    def create_artifact(self, content: dict[str, Any]) -> Any:
+        raise _not_yet("create_artifact")
+
+    @staticmethod
+    def average_nested_data(data: Any) -> float:
+        return comparisons.average_nested_data(data)
+
+
+# --------------------------------------------------------------------------- process exit
+
+_open: weakref.WeakSet[DataStorer] = weakref.WeakSet()
+_exit_hook_pid = 0
+_registry_lock = threading.Lock()
+
+
+def _track(storer: DataStorer) -> None:
+    global _exit_hook_pid
+    with _registry_lock:
+        _open.add(storer)
+        if _exit_hook_pid != os.getpid():
+            _exit_hook_pid = os.getpid()
+            atexit.register(_drain_at_exit)
+            # A multiprocessing child ends with os._exit(), skipping atexit; its
+            # finalizers still run.
+            multiprocessing.util.Finalize(None, _drain_at_exit, exitpriority=100)
+
+
+def _untrack(storer: DataStorer) -> None:
+    with _registry_lock:
+        _open.discard(storer)
+
+
+def _drain_at_exit() -> None:
+    for storer in list(_open):
+        if storer._pid != os.getpid():
+            continue
+        grace = storer.config.writer.exit_grace_period
+        try:
+            storer.close(timeout=grace)
+        except TimeoutError:
+            log.error(
+                "asyncstore: %d accepted operation(s) could not be stored within the "
+                "%.0f s exit grace period and are lost (%s)",
+                storer._queue.pending, grace, storer._writer.stats.last_error,
+            )
+        except StorageError as exc:
+            log.error("asyncstore: at exit: %s", exc)
+        except Exception:  # noqa: BLE001 - exit must go on
+            log.exception("asyncstore: draining at exit failed")
+
+
+def _after_fork_in_child() -> None:
+    # The writer thread does not exist in the child: nothing the parent queued may be
+    # written from here (the parent writes it), and locks held at fork are reset.
+    for storer in list(_open):
+        storer._queue.reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
