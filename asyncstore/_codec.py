@@ -84,38 +84,40 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
 
 def _check_kind(t: torch.Tensor) -> None:
     """Checks that read only metadata, never the tensor's memory."""
+    if t.dtype not in _TORCH_NAME:
+        raise TypeError(f"tensor dtype {t.dtype} is not supported")
     if t.layout is not torch.strided and not t.is_nested:
         raise TypeError(f"{t.layout} tensors are not supported; convert with .to_dense()")
     if t.is_quantized:
         raise TypeError("quantized tensors are not supported; call .dequantize()")
-    if t.dtype not in _TORCH_NAME:
-        raise TypeError(f"tensor dtype {t.dtype} is not supported")
-    if t.device.type == "meta":
+    if t.is_meta:
         raise TypeError("meta tensors hold no data")
 
 
 def _check_tensor(t: torch.Tensor, allow_device: bool) -> torch.Tensor:
     _check_kind(t)
-    if t.device.type != "cpu":
+    if not t.is_cpu:
         if not allow_device:
             raise NeedsDevice(t.device)
         t = t.cpu()
-    if t.is_conj():
-        t = t.resolve_conj()
-    if t.is_neg():
-        t = t.resolve_neg()
-    return t.detach()
+    if t.requires_grad:
+        t = t.detach()
+    if t.dtype.is_complex:
+        t = t.resolve_conj().resolve_neg()
+    return t
 
 
 def _nested_payload(t: torch.Tensor) -> list[Any]:
-    layout = "jagged" if t.layout is torch.jagged else "strided"
-    parts = t.unbind()
-    shapes = [list(p.shape) for p in parts]
-    if layout == "strided" and t.is_contiguous():
-        raw = _tensor_bytes(t.values())
-    else:
-        raw = b"".join(_tensor_bytes(p) for p in parts)
-    return [layout, _TORCH_NAME[t.dtype], shapes, raw]
+    name = _TORCH_NAME[t.dtype]
+    if t.layout is torch.jagged:
+        parts = t.unbind()
+        return ["jagged", name, [list(p.shape) for p in parts],
+                b"".join(_tensor_bytes(p) for p in parts)]
+    shapes = t._nested_tensor_size().tolist()
+    if t.is_contiguous():
+        # One buffer holds every component, in order: no per-component work.
+        return ["strided", name, shapes, _tensor_bytes(t.values())]
+    return ["strided", name, shapes, b"".join(_tensor_bytes(p) for p in t.unbind())]
 
 
 def _make_default(allow_device: bool) -> Any:

@@ -176,13 +176,11 @@ def experiment_write(result: TrainingResult, phase: str, *, finished: bool) -> W
     if finished:
         phase_fields["end_time"] = result.end_time
         phase_fields["best_steps"] = _best_steps(result)
-    fields = {
-        "v": LAYOUT_VERSION,
-        "id": result.id,
-        "configs": _codec.encode_snapshot(dict(result.configs or {})),
-        "phases": {phase: phase_fields},
-    }
-    return Write(EXPERIMENTS, result.id, fields, merge=True, size=1024 + len(fields["configs"]))
+    fields: dict[str, Any] = {"v": LAYOUT_VERSION, "id": result.id, "phases": {phase: phase_fields}}
+    if result.configs:  # an evaluation result without configs keeps the experiment's
+        fields["configs"] = _codec.encode_snapshot(dict(result.configs))
+    return Write(EXPERIMENTS, result.id, fields, merge=True,
+                 size=1024 + len(fields.get("configs", b"")))
 
 
 @dataclass

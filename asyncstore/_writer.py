@@ -349,7 +349,7 @@ class Writer:
 
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(r.attempts) | tenacity.stop_after_delay(r.deadline),
-            wait=tenacity.wait_exponential_jitter(initial=r.initial, max=r.max_wait),
+            wait=tenacity.wait_exponential_jitter(multiplier=r.initial, max=r.max_wait, jitter=r.initial),
             retry=tenacity.retry_if_exception(sink.is_transient),
             sleep=anyio.sleep,
             before_sleep=count,
