@@ -345,7 +345,10 @@ class Writer:
             self.stats.retried += 1
             exc = state.outcome.exception() if state.outcome else None
             self.stats.last_error = f"{sink.name}: {_short(exc)} (retrying)"
-            log.warning("store %s: %s; retry %d", sink.name, _short(exc), state.attempt_number)
+            # One warning per trouble, not one per attempt: an outage retries for minutes.
+            log.log(logging.WARNING if state.attempt_number == 1 else logging.DEBUG,
+                    "store %s: %s; retrying (attempt %d)", sink.name, _short(exc),
+                    state.attempt_number)
 
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(r.attempts) | tenacity.stop_after_delay(r.deadline),
