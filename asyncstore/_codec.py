@@ -1,8 +1,8 @@
 """The value codec: metric values to bytes and back, without pickle.
 
 Format (version 1), documented in ``docs/format.md``: MessagePack, with these extension
-types for what MessagePack cannot say by itself. Every multi-byte number inside an
-extension is little-endian.
+types for what MessagePack cannot say by itself. Tensor data is little-endian; numpy
+data is in the byte order its ``dtype.str`` names.
 
 ====  ==============  =====================================================================
 code  Python value    payload (a MessagePack array)
@@ -30,6 +30,7 @@ without a device synchronisation, so :func:`encode` refuses them with
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from collections.abc import Iterator
 from datetime import datetime
@@ -102,8 +103,10 @@ def _check_tensor(t: torch.Tensor, allow_device: bool) -> torch.Tensor:
         t = t.cpu()
     if t.requires_grad:
         t = t.detach()
-    if t.dtype.is_complex:
-        t = t.resolve_conj().resolve_neg()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():  # also set on real views, e.g. z.conj().imag
+        t = t.resolve_neg()
     return t
 
 
@@ -113,6 +116,8 @@ def _nested_payload(t: torch.Tensor) -> list[Any]:
         parts = t.unbind()
         return ["jagged", name, [list(p.shape) for p in parts],
                 b"".join(_tensor_bytes(p) for p in parts)]
+    if t.size(0) == 0:  # (its size tensor is then a 0-d placeholder)
+        return ["strided", name, [], b""]
     shapes = t._nested_tensor_size().tolist()
     if t.is_contiguous():
         # One buffer holds every component, in order: no per-component work.
@@ -130,7 +135,7 @@ def _make_default(allow_device: bool) -> Any:
             return msgpack.ExtType(
                 EXT_TENSOR, msgpack.packb([_TORCH_NAME[t.dtype], list(t.shape), _tensor_bytes(t)])
             )
-        if isinstance(obj, np.ndarray):
+        if isinstance(obj, np.ndarray) and not isinstance(obj, np.ma.MaskedArray):
             if obj.dtype.kind not in _NUMPY_KINDS or obj.dtype.fields is not None:
                 raise TypeError(f"numpy arrays of dtype {obj.dtype} are not supported")
             return msgpack.ExtType(
@@ -141,7 +146,11 @@ def _make_default(allow_device: bool) -> Any:
                 raise TypeError(f"numpy scalars of dtype {obj.dtype} are not supported")
             return msgpack.ExtType(EXT_NPSCALAR, msgpack.packb([obj.dtype.str, obj.tobytes()]))
         if type(obj) is tuple:
-            return msgpack.ExtType(EXT_TUPLE, _pack(list(obj), allow_device))
+            return msgpack.ExtType(EXT_TUPLE, _nested_pack(list(obj), allow_device))
+        if type(obj) is int:  # msgpack hands over what does not fit in 64 bits
+            raise ValueError("integers must fit in 64 bits")
+        if isinstance(obj, np.ma.MaskedArray):
+            raise TypeError("masked arrays are not supported; use .filled() or the mask itself")
         if isinstance(obj, datetime):
             if obj.tzinfo is None:
                 raise ValueError("naive datetimes are ambiguous; give a timezone")
@@ -158,6 +167,23 @@ _DEFAULT_HOT = _make_default(allow_device=False)
 _DEFAULT_SYNC = _make_default(allow_device=True)
 
 
+# Each tuple level packs (and unpacks) in a nested msgpack call with a C stack frame of
+# its own, beyond the reach of msgpack's nesting limit: cap it on both sides.
+MAX_TUPLE_DEPTH = 32
+_depth = threading.local()
+
+
+def _nested_pack(items: list[Any], allow_device: bool) -> bytes:
+    level = getattr(_depth, "enc", 0)
+    if level >= MAX_TUPLE_DEPTH:
+        raise ValueError(f"tuples are nested more than {MAX_TUPLE_DEPTH} deep (or refer to themselves)")
+    _depth.enc = level + 1
+    try:
+        return _pack(items, allow_device)
+    finally:
+        _depth.enc = level
+
+
 def _pack(obj: Any, allow_device: bool) -> bytes:
     try:
         return msgpack.packb(  # type: ignore[no-any-return]
@@ -168,6 +194,8 @@ def _pack(obj: Any, allow_device: bool) -> bytes:
         )
     except OverflowError:
         raise ValueError("integers must fit in 64 bits") from None
+    except RecursionError:
+        raise ValueError("value is nested too deeply (or refers to itself)") from None
     except ValueError as exc:
         if "recursion" in str(exc) or "deep" in str(exc):
             raise ValueError("value is nested too deeply (or refers to itself)") from None
@@ -196,7 +224,8 @@ def snapshot(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         _check_kind(obj)
         return obj.detach().clone()
-    if isinstance(obj, np.ndarray):
+    if isinstance(obj, np.ndarray) and not isinstance(obj, np.ma.MaskedArray):
+        _DEFAULT_HOT(obj)  # the dtype checks
         return obj.copy()
     if type(obj) is list:
         return [snapshot(v) for v in obj]
@@ -204,9 +233,11 @@ def snapshot(obj: Any) -> Any:
         return tuple(snapshot(v) for v in obj)
     if type(obj) is dict:
         return {k: snapshot(v) for k, v in obj.items()}
-    if obj is None or type(obj) in _SCALARS or isinstance(obj, (np.generic, datetime)):
+    if obj is None or type(obj) in _SCALARS:
+        if type(obj) is int and not -(2**63) <= obj < 2**64:
+            raise ValueError("integers must fit in 64 bits")
         return obj
-    _DEFAULT_HOT(obj)  # raises the same TypeError that encode() would
+    _DEFAULT_HOT(obj)  # the checks encode() makes (numpy scalars, datetimes), or its error
     return obj
 
 
@@ -278,7 +309,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
         return _torch_tensor(name, _shape(shape_v), raw)
     if code == EXT_NESTED:
         layout, name, shapes, raw = _payload(data, 4)
-        if layout not in ("strided", "jagged") or not isinstance(shapes, list) or not shapes:
+        if layout not in ("strided", "jagged") or not isinstance(shapes, list):
             raise CodecError("malformed nested tensor")
         if not isinstance(raw, bytes):
             raise CodecError("nested tensor data is not bytes")
@@ -296,12 +327,20 @@ def _ext_hook(code: int, data: bytes) -> Any:
             warnings.simplefilter("ignore")  # "nested tensors are a prototype"
             try:
                 return torch.nested.nested_tensor(
-                    parts, layout=torch.jagged if layout == "jagged" else torch.strided
+                    parts, dtype=probe.dtype,
+                    layout=torch.jagged if layout == "jagged" else torch.strided,
                 )
             except (RuntimeError, ValueError) as exc:
                 raise CodecError(f"malformed nested tensor: {exc}") from None
     if code == EXT_TUPLE:
-        value = decode(data)
+        level = getattr(_depth, "dec", 0)
+        if level >= MAX_TUPLE_DEPTH:
+            raise CodecError(f"tuples nested more than {MAX_TUPLE_DEPTH} deep")
+        _depth.dec = level + 1
+        try:
+            value = decode(data)
+        finally:
+            _depth.dec = level
         if not isinstance(value, list):
             raise CodecError("malformed tuple")
         return tuple(value)
@@ -329,12 +368,14 @@ def iter_decode(data: bytes) -> Iterator[Any]:
     """Decode a concatenation of encoded values, one at a time."""
     unpacker = msgpack.Unpacker(max_buffer_size=max(len(data), 1), **_unpacker_kwargs())
     unpacker.feed(data)
+    end = 0
     try:
-        yield from unpacker
-        complete = unpacker.tell() == len(data)
+        for value in unpacker:
+            end = unpacker.tell()
+            yield value
     except CodecError:
         raise
     except Exception as exc:
         raise CodecError(f"undecodable value: {type(exc).__name__}: {exc}") from None
-    if not complete:
+    if end != len(data):
         raise CodecError("truncated data")

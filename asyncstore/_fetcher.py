@@ -100,17 +100,18 @@ class DataFetcher:
             {"experiment": experiment_id, "phase": result_type},
             fields=["first", "count", "chunk", "chunks"],
         )
-        seen: dict[int, set[int]] = {}
+        seen: dict[tuple[int, int], set[int]] = {}
         for _, m in metas:
-            seen.setdefault(m["first"], set()).add(m["chunk"])
+            seen.setdefault((m["first"], m["count"]), set()).add(m["chunk"])
         complete = {
-            m["first"]: (m["count"], m["chunks"])
+            (m["first"], m["count"]): m["chunks"]
             for _, m in metas
-            if len(seen[m["first"]]) == m["chunks"]
+            if len(seen[(m["first"], m["count"])]) == m["chunks"]
         }
-        for first, (count, chunks) in complete.items():
+        for (first, count), chunks in complete.items():
             if first <= step_index < first + count:
-                ids = [group_id(experiment_id, result_type, first, k) for k in range(chunks)]
+                ids = [group_id(experiment_id, result_type, first, count, k)
+                       for k in range(chunks)]
                 docs = self._store.get_many(BATCHES, ids)
                 found = [(i, d) for i, d in zip(ids, docs) if d is not None]
                 for rec in assemble_steps(found):
@@ -118,7 +119,7 @@ class DataFetcher:
                         return step_from_record(rec)
         if not complete and self._experiment(experiment_id) is None:
             raise NotFoundError(f"no experiment {experiment_id!r}")
-        total = sum(c for c, _ in complete.values())
+        total = len({i for first, count in complete for i in range(first, first + count)})
         raise ValueError(
             f"step {step_index} is out of range: experiment {experiment_id!r} has "
             f"{total} {result_type} step(s)"

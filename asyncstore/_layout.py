@@ -12,7 +12,7 @@
     their codec records, split into chunks of at most :data:`CHUNK_BYTES` so that no
     document reaches Firestore's 1 MiB (a 12 MB step spans 14 documents):
     ``{"v": 1, "experiment", "phase", "first", "count", "chunk", "chunks", "data"}``.
-    The id is a hash of (experiment, phase, first step) and the chunk number: never
+    The id is a hash of (experiment, phase, first step, step count) and the chunk number: never
     monotonic (no Firestore hotspot), and the same on every retry or replay, so
     writes are idempotent. Readers take each step index once, so even a replay that
     groups steps differently cannot duplicate a step.
@@ -70,9 +70,9 @@ def step_record(index: int, step: TrainingStepResult, saved: Container[str]) -> 
             "m": metrics}
 
 
-def group_id(experiment: str, phase: str, first: int, chunk: int) -> str:
+def group_id(experiment: str, phase: str, first: int, count: int, chunk: int) -> str:
     digest = hashlib.blake2b(
-        f"{experiment}\x00{phase}\x00{first}".encode(), digest_size=10
+        f"{experiment}\x00{phase}\x00{first}\x00{count}".encode(), digest_size=10
     ).hexdigest()
     return f"{digest}-{chunk}"
 
@@ -83,7 +83,7 @@ def group_writes(experiment: str, phase: str, first: int, count: int, payload: b
     return [
         Write(
             BATCHES,
-            group_id(experiment, phase, first, k),
+            group_id(experiment, phase, first, count, k),
             {"v": LAYOUT_VERSION, "experiment": experiment, "phase": phase, "first": first,
              "count": count, "chunk": k, "chunks": len(chunks), "data": data},
             size=len(data) + 200 + len(experiment),
@@ -103,8 +103,10 @@ def assemble_steps(docs: Iterable[tuple[str, Mapping[str, Any]]]) -> list[dict[s
 
     :raises CodecError: a document is malformed; the error names it.
     """
-    groups: dict[int, dict[int, tuple[str, bytes]]] = {}
-    expected: dict[int, tuple[int, int]] = {}
+    # A run is (first, count): a replay that cut runs differently makes other documents,
+    # never a mix of old and new chunks.
+    groups: dict[tuple[int, int], dict[int, tuple[str, bytes]]] = {}
+    expected: dict[tuple[int, int], int] = {}
     for doc_id, doc in docs:
         try:
             first, count, chunk, chunks, data = (
@@ -118,12 +120,11 @@ def assemble_steps(docs: Iterable[tuple[str, Mapping[str, Any]]]) -> list[dict[s
             data, bytes
         ):
             raise _bad(doc_id, "malformed batch fields")
-        groups.setdefault(first, {})[chunk] = (doc_id, data)
-        expected[first] = (chunks, count)
+        groups.setdefault((first, count), {})[chunk] = (doc_id, data)
+        expected[(first, count)] = chunks
     records: dict[int, dict[str, Any]] = {}
-    for first, parts in groups.items():
-        chunks, count = expected[first]
-        if len(parts) != chunks:
+    for (first, count), parts in sorted(groups.items()):
+        if len(parts) != expected[(first, count)]:
             continue
         payload = b"".join(parts[k][1] for k in sorted(parts))
         where = parts[min(parts)][0]
