@@ -70,6 +70,20 @@ _NUMPY_FOR_TORCH = frozenset(
 )
 
 
+def _ext(code: int, data: bytes) -> msgpack.ExtType:
+    # msgpack.ExtType() validates its arguments in Python; ours are always valid.
+    return tuple.__new__(msgpack.ExtType, (code, data))  # type: ignore[type-var]
+
+
+_small = msgpack.Packer()  # for extension payloads: flat lists, no hooks, no re-entry
+
+
+def _pack_small(payload: list[Any]) -> bytes:
+    if threading.current_thread() is threading.main_thread():
+        return _small.pack(payload)  # type: ignore[no-any-return]
+    return msgpack.packb(payload)  # type: ignore[no-any-return]
+
+
 class NeedsDevice(Exception):
     """A tensor lives on an accelerator; encoding it now would synchronise the device."""
 
@@ -130,23 +144,22 @@ def _make_default(allow_device: bool) -> Any:
         if isinstance(obj, torch.Tensor):
             t = _check_tensor(obj, allow_device)
             if t.is_nested:
-                payload = _nested_payload(t)
-                return msgpack.ExtType(EXT_NESTED, msgpack.packb(payload))
-            return msgpack.ExtType(
-                EXT_TENSOR, msgpack.packb([_TORCH_NAME[t.dtype], list(t.shape), _tensor_bytes(t)])
+                return _ext(EXT_NESTED, _pack_small(_nested_payload(t)))
+            return _ext(
+                EXT_TENSOR, _pack_small([_TORCH_NAME[t.dtype], list(t.shape), _tensor_bytes(t)])
             )
         if isinstance(obj, np.ndarray) and not isinstance(obj, np.ma.MaskedArray):
             if obj.dtype.kind not in _NUMPY_KINDS or obj.dtype.fields is not None:
                 raise TypeError(f"numpy arrays of dtype {obj.dtype} are not supported")
-            return msgpack.ExtType(
-                EXT_NDARRAY, msgpack.packb([obj.dtype.str, list(obj.shape), obj.tobytes()])
+            return _ext(
+                EXT_NDARRAY, _pack_small([obj.dtype.str, list(obj.shape), obj.tobytes()])
             )
         if isinstance(obj, np.generic):
             if obj.dtype.kind not in _NUMPY_KINDS:
                 raise TypeError(f"numpy scalars of dtype {obj.dtype} are not supported")
-            return msgpack.ExtType(EXT_NPSCALAR, msgpack.packb([obj.dtype.str, obj.tobytes()]))
+            return _ext(EXT_NPSCALAR, _pack_small([obj.dtype.str, obj.tobytes()]))
         if type(obj) is tuple:
-            return msgpack.ExtType(EXT_TUPLE, _nested_pack(list(obj), allow_device))
+            return _ext(EXT_TUPLE, _nested_pack(list(obj), allow_device))
         if type(obj) is int:  # msgpack hands over what does not fit in 64 bits
             raise ValueError("integers must fit in 64 bits")
         if isinstance(obj, np.ma.MaskedArray):

@@ -65,6 +65,18 @@ def build_writer(config: SystemConfig, queue: OpQueue, *, inline_local: bool) ->
     )
 
 
+def _lower_priority() -> None:
+    """Let the training threads win the CPU: on a machine whose cores are all busy
+    training, the writer (and the threads it starts, which inherit this) runs in the
+    gaps. It only waits longer; it is never starved of the GIL."""
+    if os.environ.get("ASYNCSTORE_WRITER_NICE", "1") == "0":
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not allowed: keep the default
+        pass
+
+
 def _not_yet(what: str) -> NotImplementedError:
     return NotImplementedError(f"{what} is not implemented in this version of asyncstore")
 
@@ -117,6 +129,7 @@ class DataStorer:
     # ------------------------------------------------------------------ lifecycle
 
     def _thread_main(self) -> None:
+        _lower_priority()
         try:
             anyio.run(self._writer.run)
         except BaseException:  # noqa: BLE001 - recorded in writer.stats.fatal, logged there
