@@ -100,3 +100,36 @@ def test_full_queue_blocks_the_caller_until_room_and_stats_show_it(
     t.join()
     ds.close(timeout=60)
     assert ds.stats().written == 52
+
+
+def test_exit_with_an_unreachable_store_is_bounded_by_the_grace_period_and_reports_loss(
+    proxy, firestore_project
+):
+    import subprocess
+    import sys
+    import textwrap
+
+    cfg = config(proxy.address, firestore_project)
+    cfg["writer"]["exit_grace_period"] = 2.0
+    script = textwrap.dedent(
+        f"""
+        from asyncstore import DataStorer, TrainingStepResult
+        ds = DataStorer([{{"name": "x", "save": True}}], {cfg!r})
+        ds.save_training_step("lost", TrainingStepResult())
+        ds.flush(timeout=30)
+        print("connected", flush=True)
+        import sys; sys.stdin.readline()  # the test cuts the network now
+        for i in range(100):
+            ds.save_training_step("lost", TrainingStepResult())
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout.readline().strip() == "connected"
+    proxy.pause()
+    start = time.monotonic()
+    _, err = proc.communicate("go\n", timeout=60)
+    took = time.monotonic() - start
+    assert took < 30, f"exit took {took:.1f} s with a 2 s grace period"
+    assert "100 accepted operation(s) could not be stored within the 2 s exit grace period" in err
