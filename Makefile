@@ -1,7 +1,8 @@
 # asyncstore developer entry points.
 #
 #   make venv    create .venv and install the package with its test extras
-#   make test    run the test suite against a Firestore emulator (PYTEST_ARGS=... passed on)
+#   make lint    ruff and mypy --strict on the package
+#   make test    lint, then the test suite against a Firestore emulator (PYTEST_ARGS=... passed on)
 #   make demo    run the demo CLI
 #   make bench   run the storage benchmark against a Firestore emulator
 #   make clean   remove build outputs and caches (make distclean also removes .venv)
@@ -16,7 +17,7 @@ WITH_EMULATOR := bash scripts/with_emulator.sh
 export PIP_NO_INPUT := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv test demo bench clean distclean
+.PHONY: venv lint test demo bench clean distclean
 
 venv: $(STAMP)
 
@@ -31,7 +32,12 @@ $(STAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install -e '.[test]'
 	touch $@
 
-test: venv
+# ruff and mypy --strict on the package: part of the test command, so CI enforces them.
+lint: venv
+	$(VENV)/bin/ruff check asyncstore benchmarks
+	$(VENV)/bin/mypy asyncstore
+
+test: lint
 	$(WITH_EMULATOR) $(VPY) -m pytest -q $(PYTEST_ARGS)
 
 demo: venv

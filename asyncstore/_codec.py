@@ -72,7 +72,7 @@ _NUMPY_FOR_TORCH = frozenset(
 
 def _ext(code: int, data: bytes) -> msgpack.ExtType:
     # msgpack.ExtType() validates its arguments in Python; ours are always valid.
-    return tuple.__new__(msgpack.ExtType, (code, data))  # type: ignore[type-var]
+    return tuple.__new__(msgpack.ExtType, (code, data))
 
 
 _small = msgpack.Packer()  # for extension payloads: flat lists, no hooks, no re-entry
@@ -93,8 +93,8 @@ class NeedsDevice(Exception):
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
     if t.dtype in _NUMPY_FOR_TORCH:
-        return t.numpy().tobytes()  # type: ignore[no-any-return]
-    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()  # type: ignore[no-any-return]
+        return t.numpy().tobytes()
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def _check_kind(t: torch.Tensor) -> None:
@@ -189,7 +189,9 @@ _depth = threading.local()
 def _nested_pack(items: list[Any], allow_device: bool) -> bytes:
     level = getattr(_depth, "enc", 0)
     if level >= MAX_TUPLE_DEPTH:
-        raise ValueError(f"tuples are nested more than {MAX_TUPLE_DEPTH} deep (or refer to themselves)")
+        raise ValueError(
+            f"tuples are nested more than {MAX_TUPLE_DEPTH} deep (or refer to themselves)"
+        )
     _depth.enc = level + 1
     try:
         return _pack(items, allow_device)
@@ -373,7 +375,7 @@ def decode(data: bytes) -> Any:
         return msgpack.unpackb(data, **_unpacker_kwargs())
     except CodecError:
         raise
-    except Exception as exc:  # msgpack raises many types for garbage input
+    except Exception as exc:  # noqa: BLE001 - msgpack raises many types for garbage input
         raise CodecError(f"undecodable value: {type(exc).__name__}: {exc}") from None
 
 
@@ -388,7 +390,7 @@ def iter_decode(data: bytes) -> Iterator[Any]:
             yield value
     except CodecError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - as in decode()
         raise CodecError(f"undecodable value: {type(exc).__name__}: {exc}") from None
     if end != len(data):
         raise CodecError("truncated data")

@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -256,7 +256,7 @@ class FirestoreDatabaseConfig(_Model):
 
 
 WriteDatabaseConfig = Annotated[
-    Union[LocalDatabaseConfig, FirestoreDatabaseConfig], Field(discriminator="name")
+    LocalDatabaseConfig | FirestoreDatabaseConfig, Field(discriminator="name")
 ]
 
 
@@ -385,9 +385,13 @@ def _key_of(error: Mapping[str, Any]) -> str:
     for part in error["loc"]:
         # A discriminated union inserts the tag into the location: drop it, so the key is
         # the path a user wrote (database.write_databases.1.path, not ...1.local.path).
-        if len(loc) >= 2 and loc[-2] == "write_databases" and isinstance(loc[-1], int):
-            if part in DATABASE_NAMES:
-                continue
+        if (
+            len(loc) >= 2
+            and loc[-2] == "write_databases"
+            and isinstance(loc[-1], int)
+            and part in DATABASE_NAMES
+        ):
+            continue
         loc.append(part)
     if error["type"] == "config_key":
         loc.extend(str(error["ctx"]["subkey"]).split("."))

@@ -113,7 +113,7 @@ class DataFetcher:
                 ids = [group_id(experiment_id, result_type, first, count, k)
                        for k in range(chunks)]
                 docs = self._store.get_many(BATCHES, ids)
-                found = [(i, d) for i, d in zip(ids, docs) if d is not None]
+                found = [(i, d) for i, d in zip(ids, docs, strict=True) if d is not None]
                 for rec in assemble_steps(found):
                     if rec["i"] == step_index:
                         return step_from_record(rec)

@@ -77,7 +77,9 @@ def group_id(experiment: str, phase: str, first: int, count: int, chunk: int) ->
     return f"{digest}-{chunk}"
 
 
-def group_writes(experiment: str, phase: str, first: int, count: int, payload: bytes) -> list[Write]:
+def group_writes(
+    experiment: str, phase: str, first: int, count: int, payload: bytes
+) -> list[Write]:
     """The documents of one run of steps: at least one, each under 1 MiB."""
     chunks = [payload[i : i + CHUNK_BYTES] for i in range(0, len(payload), CHUNK_BYTES)] or [b""]
     return [
@@ -135,8 +137,13 @@ def assemble_steps(docs: Iterable[tuple[str, Mapping[str, Any]]]) -> list[dict[s
         if len(decoded) != count:
             raise _bad(where, f"holds {len(decoded)} steps, says {count}")
         for rec in decoded:
-            if not isinstance(rec, dict) or type(rec.get("i")) is not int or not isinstance(
-                rec.get("m"), dict
+            if (
+                not isinstance(rec, dict)
+                or type(rec.get("i")) is not int
+                or not isinstance(rec.get("m"), dict)
+                or not isinstance(rec.get("s"), (datetime, type(None)))
+                or not isinstance(rec.get("e"), (datetime, type(None)))
+                or type(rec.get("r", 1)) is not int
             ):
                 raise _bad(where, "malformed step record")
             records.setdefault(rec["i"], rec)
@@ -147,8 +154,8 @@ def step_from_record(rec: Mapping[str, Any]) -> TrainingStepResult:
     step = TrainingStepResult(resolution=rec.get("r", 1))
     for name, value in rec["m"].items():
         step.add_metric(name, value)
-    step.start_time = rec.get("s")
-    step.end_time = rec.get("e")
+    step.start_time = _as_datetime(rec.get("s")) or step.start_time
+    step.end_time = _as_datetime(rec.get("e"))
     return step
 
 
@@ -202,12 +209,14 @@ class ExperimentInfo:
 
 
 def _as_datetime(value: Any) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        if isinstance(value, datetime) and type(value) is not datetime:
-            # Firestore's DatetimeWithNanoseconds: hand out a plain datetime
-            value = datetime.fromisoformat(value.isoformat())
-        return value
-    raise TypeError(type(value).__name__)
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a timestamp, found {type(value).__name__}")
+    if type(value) is not datetime:
+        # Firestore's DatetimeWithNanoseconds: hand out a plain datetime
+        return datetime.fromisoformat(value.isoformat())
+    return value
 
 
 def parse_experiment(doc_id: str, doc: Mapping[str, Any]) -> ExperimentInfo:

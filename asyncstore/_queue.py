@@ -100,8 +100,7 @@ class OpQueue:
         op.seq = self.accepted
         self._items.append(op)
         depth = self.accepted - self.done
-        if depth > self.high_water:
-            self.high_water = depth
+        self.high_water = max(self.high_water, depth)
         return self.accepted
 
     @property
@@ -141,7 +140,7 @@ class OpQueue:
 
     def take(self, limit: int = 100_000) -> list[Op]:
         items = self._items
-        out = []
+        out: list[Op] = []
         while items and len(out) < limit:
             out.append(items.popleft())
         return out

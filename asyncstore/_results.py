@@ -195,7 +195,8 @@ class TrainingResult:
             if metric in self.metrics:
                 return None
             raise KeyError(f"metric {metric!r} is not tracked; tracked: {sorted(self.metrics)}")
-        return self.steps[best["best_index"]]
+        step: TrainingStepResult = self.steps[best["best_index"]]
+        return step
 
     def add_config(self, name: str, cfg: Any) -> None:
         """Store configuration ``cfg`` under ``name``."""

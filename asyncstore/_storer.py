@@ -132,7 +132,7 @@ class DataStorer:
         _lower_priority()
         try:
             anyio.run(self._writer.run)
-        except BaseException:  # noqa: BLE001 - recorded in writer.stats.fatal, logged there
+        except BaseException:  # noqa: BLE001, S110 - recorded in writer.stats.fatal, logged there
             pass
 
     def _check_usable(self) -> None:
@@ -216,7 +216,7 @@ class DataStorer:
             return
         try:  # the body's exception wins; a storage failure is logged, not raised over it
             self.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("closing the DataStorer after an error")
 
     def stats(self) -> StorerStats:
@@ -258,7 +258,9 @@ class DataStorer:
     def save_hpo_result(self, result: HPOResult) -> None:
         raise _not_yet("save_hpo_result")
 
-    def save_model(self, experiment: str, m: Any, model_config: dict[str, Any] | None = None) -> None:
+    def save_model(
+        self, experiment: str, m: Any, model_config: dict[str, Any] | None = None
+    ) -> None:
         raise _not_yet("save_model")
 
     def create_artifact(self, content: dict[str, Any]) -> Any:
@@ -308,7 +310,7 @@ def _drain_at_exit() -> None:
             )
         except StorageError as exc:
             log.error("asyncstore: at exit: %s", exc)
-        except Exception:  # noqa: BLE001 - exit must go on
+        except Exception:
             log.exception("asyncstore: draining at exit failed")
 
 

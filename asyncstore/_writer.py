@@ -15,7 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import anyio
@@ -67,6 +67,9 @@ class RetryPolicy(NamedTuple):
     deadline: float = 300.0
 
 
+DEFAULT_RETRY = RetryPolicy()
+
+
 class WriterStats:
     """Counters the writer keeps; read by ``stats()``."""
 
@@ -83,7 +86,7 @@ class WriterStats:
 
 
 class _Run:
-    __slots__ = ("experiment", "phase", "ops", "nbytes", "started")
+    __slots__ = ("experiment", "nbytes", "ops", "phase", "started")
 
     def __init__(self, op: StepOp) -> None:
         self.experiment, self.phase = op.experiment, op.phase
@@ -241,7 +244,7 @@ class Writer:
         *,
         flush_interval: float = 0.25,
         max_batch_steps: int = 1000,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         tick: float | None = None,
     ) -> None:
         self.queue = queue
@@ -280,7 +283,7 @@ class Writer:
                 with anyio.CancelScope(shield=True):
                     try:
                         await sink.aclose()
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         log.warning("closing sink %s failed", sink.name, exc_info=True)
 
     def _make_waker(self) -> Callable[[], None]:
@@ -318,9 +321,9 @@ class Writer:
             for op in ops:
                 self._batcher.add(op)
             held = self._batcher.holds_up_to()
-            force = q.closing or (held and q.flush_target >= held) or q.waits > 0 and (
+            force = q.closing or (held and q.flush_target >= held) or (q.waits > 0 and (
                 q.pending >= q.maxsize
-            )
+            ))
             for unit in self._batcher.take_ready(bool(force)):
                 takers = [lane for lane in lanes if unit.level <= lane.sink.level]
                 self._completion.add(unit, len(takers))
@@ -352,7 +355,9 @@ class Writer:
 
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(r.attempts) | tenacity.stop_after_delay(r.deadline),
-            wait=tenacity.wait_exponential_jitter(multiplier=r.initial, max=r.max_wait, jitter=r.initial),
+            wait=tenacity.wait_exponential_jitter(
+                multiplier=r.initial, max=r.max_wait, jitter=r.initial
+            ),
             retry=tenacity.retry_if_exception(sink.is_transient),
             sleep=anyio.sleep,
             before_sleep=count,

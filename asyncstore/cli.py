@@ -99,7 +99,7 @@ def demo(ctx: click.Context, steps: int, work_ms: float) -> None:
 def _where(cfg: SystemConfig) -> str:
     db: Any = cfg.read_db
     if db.name == "local":
-        return os.path.abspath(db.path)
+        return os.path.abspath(str(db.path))
     return f"Firestore project {db.project}" + (
         f" (emulator {db.resolved_emulator_host})" if db.resolved_emulator_host else ""
     )

@@ -137,7 +137,7 @@ def _same(a: object, b: object) -> bool:
         return True
     try:
         return bool(a == b)
-    except Exception:  # an exotic __eq__ must not break a lookup
+    except Exception:  # noqa: BLE001 - an exotic __eq__ must not break a lookup
         return False
 
 

@@ -43,13 +43,16 @@ def _client_kwargs(cfg: FirestoreDatabaseConfig) -> tuple[dict[str, Any], str | 
     host = cfg.resolved_emulator_host
     kwargs: dict[str, Any] = {"project": cfg.project, "database": cfg.database}
     if host is not None:
-        kwargs["credentials"] = AnonymousCredentials()
+        kwargs["credentials"] = AnonymousCredentials()  # type: ignore[no-untyped-call]
     else:
         key_path = cfg.credentials_path()
         if key_path:
             from google.oauth2 import service_account
 
-            kwargs["credentials"] = service_account.Credentials.from_service_account_file(key_path)
+            creds = service_account.Credentials.from_service_account_file(  # type: ignore[no-untyped-call]
+                key_path
+            )
+            kwargs["credentials"] = creds
             if not cfg.project:
                 kwargs["project"] = kwargs["credentials"].project_id
     return kwargs, host
@@ -70,7 +73,7 @@ class FirestoreStore:
 
     def __init__(self, cfg: FirestoreDatabaseConfig, *, commit_timeout: float = 30.0) -> None:
         self._cfg = cfg
-        self._tables = cfg.table_names.model_dump()
+        self._tables: dict[str, str] = cfg.table_names.model_dump()
         self._kwargs, self._host = _client_kwargs(cfg)
         self.max_commit_bytes = (
             EMULATOR_COMMIT_BYTES if self._host is not None else PRODUCTION_COMMIT_BYTES
@@ -103,7 +106,7 @@ class FirestoreStore:
             client, self._async = self._async, None
             try:
                 client.close()  # type: ignore[no-untyped-call]
-            except Exception:  # noqa: BLE001 - closing a broken channel must not raise
+            except Exception:  # noqa: BLE001, S110 - closing a broken channel must not raise
                 pass
 
     # ------------------------------------------------------------------ reader side
@@ -135,5 +138,5 @@ class FirestoreStore:
 
     def close(self) -> None:
         if self._sync is not None:
-            self._sync.close()
+            self._sync.close()  # type: ignore[no-untyped-call]
             self._sync = None

@@ -18,6 +18,7 @@ import anyio.to_thread
 
 from .. import _codec
 from .._documents import Write
+from .._exceptions import CodecError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -171,5 +172,5 @@ def _str_or_none(value: Any) -> str | None:
 def _decode_body(body: bytes) -> dict[str, Any]:
     doc = _codec.decode(body)
     if not isinstance(doc, dict):
-        raise _codec.CodecError("stored document is not a mapping")
+        raise CodecError("stored document is not a mapping")
     return doc
