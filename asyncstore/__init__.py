@@ -7,6 +7,7 @@ Firestore or the embedded store, retries what is transient and reports what is n
 from __future__ import annotations
 
 from . import comparisons
+from ._async_storer import AsyncDataStorer
 from ._config import SystemConfig, load_config
 from ._exceptions import CodecError, ConfigError, NotFoundError, StorageError
 from ._fetcher import DataFetcher
@@ -16,6 +17,7 @@ from ._storer import DataStorer, StorerStats
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncDataStorer",
     "CodecError",
     "ConfigError",
     "DataFetcher",

@@ -24,6 +24,14 @@ from asyncstore import (
 )
 
 from ._data import METRIC_CONFIG, assert_same, saved_metrics, sparsey_step
+from ._portal import storer_factory
+
+
+@pytest.fixture(params=["thread", "asyncio", "trio"])
+def make_storer(request: pytest.FixtureRequest):
+    """DataStorer, and AsyncDataStorer with its writer in an asyncio or a trio loop."""
+    with storer_factory(request.param) as factory:
+        yield factory
 
 
 @pytest.fixture(params=["local", "firestore"])
@@ -41,14 +49,14 @@ def store_config(request: pytest.FixtureRequest, tmp_path: Any) -> dict[str, Any
     }
 
 
-def run_experiment(cfg: dict[str, Any], exp_id: str, n_train: int, n_eval: int):
+def run_experiment(make_storer, cfg: dict[str, Any], exp_id: str, n_train: int, n_eval: int):
     rng = np.random.default_rng(7)
     metrics = {"feature_coverage": comparisons.max_by_layerwise_mean,
                "basis_set_size": "min_by_layerwise_mean"}
     train = TrainingResult(exp_id, "training", resolution=2, metrics=metrics,
                            configs={"model": {"layers": [16, 11, 7]}, "lr": 0.5})
     evaluation = TrainingResult(exp_id, "evaluation", resolution=2, metrics=metrics)
-    with DataStorer(METRIC_CONFIG, cfg) as ds:
+    with make_storer(METRIC_CONFIG, cfg) as ds:
         ds.create_experiment(train)
         for i in range(n_train):
             step = sparsey_step(i, rng)
@@ -82,8 +90,8 @@ def assert_result_equal(got: TrainingResult, want: TrainingResult) -> None:
         assert got.get_best_step(name) is got.get_step(best["best_index"])
 
 
-def test_training_and_evaluation_steps_round_trip_exactly(store_config):
-    train, evaluation = run_experiment(store_config, "exp-conf", 1000, 200)
+def test_training_and_evaluation_steps_round_trip_exactly(make_storer, store_config):
+    train, evaluation = run_experiment(make_storer, store_config, "exp-conf", 1000, 200)
     fetcher = DataFetcher(store_config)
     got = fetcher.get_training_result("exp-conf")
     assert_result_equal(got, train)
@@ -101,8 +109,8 @@ def test_training_and_evaluation_steps_round_trip_exactly(store_config):
         fetcher.get_training_step_result("no-such-experiment", 0)
 
 
-def test_step_numbering_is_per_experiment_and_phase(store_config):
-    with DataStorer([{"name": "x", "save": True}], store_config) as ds:
+def test_step_numbering_is_per_experiment_and_phase(make_storer, store_config):
+    with make_storer([{"name": "x", "save": True}], store_config) as ds:
         for exp in ("a", "b"):
             ds.create_experiment(TrainingResult(exp))
         for i in range(30):
@@ -119,7 +127,7 @@ def test_step_numbering_is_per_experiment_and_phase(store_config):
         assert len(fetcher.get_evaluation_result(exp).get_steps()) == 5
 
 
-def test_a_12_mb_tensor_and_2000_metric_keys_store(store_config):
+def test_a_12_mb_tensor_and_2000_metric_keys_store(make_storer, store_config):
     big = torch.arange(3 * 1024 * 1024, dtype=torch.float32).reshape(1024, 3072)  # 12 MiB
     wide = TrainingStepResult()
     for k in range(2000):
@@ -129,7 +137,7 @@ def test_a_12_mb_tensor_and_2000_metric_keys_store(store_config):
     metric_config = [{"name": "weights", "save": True}] + [
         {"name": f"m{k}", "save": True} for k in range(2000)
     ]
-    with DataStorer(metric_config, store_config) as ds:
+    with make_storer(metric_config, store_config) as ds:
         ds.create_experiment(TrainingResult("big"))
         ds.save_training_step("big", heavy)
         ds.save_training_step("big", wide)
@@ -140,8 +148,8 @@ def test_a_12_mb_tensor_and_2000_metric_keys_store(store_config):
 
 
 @pytest.mark.parametrize("bad", [object(), {1, 2}, [1, object()], {"k": {3}}])
-def test_unsupported_value_raises_at_the_call_and_later_steps_store(store_config, bad):
-    with DataStorer([{"name": "x", "save": True}], store_config) as ds:
+def test_unsupported_value_raises_at_the_call_and_later_steps_store(make_storer, store_config, bad):
+    with make_storer([{"name": "x", "save": True}], store_config) as ds:
         ds.create_experiment(TrainingResult("e"))
         good = TrainingStepResult()
         good.add_metric("x", 1)
@@ -158,8 +166,8 @@ def test_unsupported_value_raises_at_the_call_and_later_steps_store(store_config
 
 
 @pytest.mark.parametrize("bad_id", ["a/b", "", "__x__", ".", "..", "x" * 1501])
-def test_ids_firestore_cannot_hold_are_refused_on_every_store(store_config, bad_id):
-    with DataStorer([{"name": "x", "save": True}], store_config) as ds:
+def test_ids_firestore_cannot_hold_are_refused_on_every_store(make_storer, store_config, bad_id):
+    with make_storer([{"name": "x", "save": True}], store_config) as ds:
         with pytest.raises(ValueError):
             ds.create_experiment(TrainingResult(bad_id))
         with pytest.raises(ValueError):
@@ -167,15 +175,14 @@ def test_ids_firestore_cannot_hold_are_refused_on_every_store(store_config, bad_
         ds.save_training_step("fine", TrainingStepResult())
         ds.flush()
         assert ds.stats().written == 1
-    with pytest.raises(TypeError):
-        DataStorer([{"name": "x", "save": True}], store_config).save_training_step(
-            3, TrainingStepResult()  # type: ignore[arg-type]
-        )
+    with make_storer([{"name": "x", "save": True}], store_config) as ds:
+        with pytest.raises(TypeError):
+            ds.save_training_step(3, TrainingStepResult())  # type: ignore[arg-type]
 
 
-def test_body_that_raises_inside_with_still_stores_every_step(store_config):
+def test_body_that_raises_inside_with_still_stores_every_step(make_storer, store_config):
     with pytest.raises(RuntimeError, match="training diverged"):
-        with DataStorer([{"name": "x", "save": True}], store_config) as ds:
+        with make_storer([{"name": "x", "save": True}], store_config) as ds:
             for i in range(250):
                 s = TrainingStepResult()
                 s.add_metric("x", i)
@@ -207,9 +214,9 @@ def test_child_process_that_never_closes_leaves_every_step_stored(store_config, 
     assert [s.get_metric("x") for s in steps] == [[i, [i * 0.5]] for i in range(500)]
 
 
-def test_tensor_changed_in_place_after_save_is_stored_as_it_was(store_config):
+def test_tensor_changed_in_place_after_save_is_stored_as_it_was(make_storer, store_config):
     t = torch.zeros(4)
-    with DataStorer([{"name": "w", "save": True}], store_config) as ds:
+    with make_storer([{"name": "w", "save": True}], store_config) as ds:
         for i in range(3):
             s = TrainingStepResult()
             s.add_metric("w", t)
@@ -241,10 +248,10 @@ def test_forked_child_cannot_use_the_parents_storer_and_nothing_is_written_twice
     assert [s.get_metric("x") for s in steps] == list(range(100))
 
 
-def test_completed_results_are_cached_and_running_ones_are_never_stale(store_config):
+def test_completed_results_are_cached_and_running_ones_are_never_stale(make_storer, store_config):
     fetcher = DataFetcher(store_config)
     result = TrainingResult("live")
-    with DataStorer([{"name": "x", "save": True}], store_config) as ds:
+    with make_storer([{"name": "x", "save": True}], store_config) as ds:
         ds.create_experiment(result)
         for i in range(10):
             s = TrainingStepResult()

@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
+import sniffio
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
@@ -88,6 +90,15 @@ class FirestoreStore:
     # ------------------------------------------------------------------ writer side
 
     async def commit(self, writes: Sequence[Write]) -> None:
+        if sniffio.current_async_library() != "asyncio":
+            # grpc.aio runs only under asyncio; under trio the blocking client commits
+            # in a worker thread, which keeps the loop free just the same.
+            # Abandoned on cancellation: a commit is idempotent, and a caller's bound on
+            # aclose() must not wait out the client's timeout.
+            await anyio.to_thread.run_sync(
+                self._commit_blocking, writes, abandon_on_cancel=True
+            )
+            return
         if self._async is None:
             # Made in the writer's event loop: a grpc.aio channel belongs to one loop.
             self._async = _with_emulator(firestore.AsyncClient(**self._kwargs), self._host)
@@ -97,6 +108,14 @@ class FirestoreStore:
             ref = client.collection(self._table(w.table)).document(w.doc_id)
             batch.set(ref, dict(w.fields), merge=w.merge)
         await batch.commit(retry=None, timeout=self.commit_timeout)
+
+    def _commit_blocking(self, writes: Sequence[Write]) -> None:
+        client = self._client()
+        batch = client.batch()
+        for w in writes:
+            ref = client.collection(self._table(w.table)).document(w.doc_id)
+            batch.set(ref, dict(w.fields), merge=w.merge)
+        batch.commit(retry=None, timeout=self.commit_timeout)
 
     def is_transient(self, exc: BaseException) -> bool:
         return isinstance(exc, _TRANSIENT)

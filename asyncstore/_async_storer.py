@@ -1,0 +1,247 @@
+"""``AsyncDataStorer``: the same storer for code that lives in an event loop.
+
+The writer is the very same :class:`~asyncstore._writer.Writer` as ``DataStorer``'s,
+run as a task of the caller's loop (asyncio or trio, through anyio) instead of in a
+thread of its own. Awaiting a save only checks, encodes and enqueues; it waits only
+when the queue is full. Blocking SDK work (SQLite, Firestore under trio) runs in worker
+threads, so the loop never stalls on it.
+
+    async with AsyncDataStorer(metric_config, config) as store:
+        await store.create_experiment(result)
+        await store.save_training_step(result.id, step)
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from . import comparisons
+from ._config import SystemConfig
+from ._defaults import resolve_config
+from ._exceptions import StorageError
+from ._front import Front, saved_metric_names
+from ._queue import Op, OpQueue
+from ._results import HPOResult, HPOStepResult, TrainingResult, TrainingStepResult
+from ._storer import StorerStats, build_writer
+
+log = logging.getLogger("asyncstore")
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+class AsyncDataStorer:
+    """``DataStorer``'s methods as coroutines, with the writer in the caller's loop.
+
+    Use it as ``async with``: entering starts the writer task, leaving stores everything
+    accepted (``aclose``). Bound how long that may take with ``anyio.fail_after`` /
+    ``move_on_after`` around the block or around ``aclose()``.
+    """
+
+    def __init__(
+        self,
+        metric_config: list[dict[str, Any]],
+        config: Mapping[str, Any] | str | os.PathLike[str] | SystemConfig | None = None,
+    ) -> None:
+        self.config = resolve_config(config, "AsyncDataStorer")
+        self._front = Front(self.config, saved_metric_names(metric_config))
+        self._queue = OpQueue(self.config.writer.queue_size)
+        self._writer = build_writer(self.config, self._queue, inline_local=False)
+        self._state = _State.UNOPENED
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._writer_done: anyio.Event | None = None
+        self._reported = 0
+        self._unstored_reported = False
+        self._aclose_cut_short = False
+        self._writer_scope: anyio.CancelScope | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> AsyncDataStorer:
+        if self._state is not _State.UNOPENED:
+            raise RuntimeError(f"this AsyncDataStorer is {self._state.value}; make a new one")
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._writer_done = anyio.Event()
+        self._tg.start_soon(self._run_writer, name="asyncstore-writer")
+        self._state = _State.OPENED
+        return self
+
+    async def _run_writer(self) -> None:
+        assert self._writer_done is not None
+        # Shielded: cancelling the caller must not kill the writer while it stores what
+        # was accepted. It stops when the queue is closed and drained, or when
+        # __aexit__ cancels this scope.
+        with anyio.CancelScope(shield=True) as self._writer_scope:
+            try:
+                await self._writer.run()
+            finally:
+                self._writer_done.set()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        assert self._tg is not None
+        try:
+            if self._aclose_cut_short:
+                pass  # the caller already bounded the wait; stop now
+            elif exc is None:
+                await self.aclose()
+            else:
+                # The body failed or was cancelled: still store what was accepted, within
+                # the exit grace period, shielded from the cancellation that is unwinding.
+                with anyio.CancelScope(shield=True):
+                    with anyio.move_on_after(self.config.writer.exit_grace_period):
+                        try:
+                            await self.aclose()
+                        except Exception:
+                            log.exception("closing the AsyncDataStorer after an error")
+                    self._report_unstored()
+        finally:
+            # Normally the writer has finished; if aclose was cut short, stop it now.
+            if self._writer_scope is not None:
+                self._writer_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            self._state = _State.CLOSED
+            self._report_unstored()
+        return False
+
+    def _report_unstored(self) -> None:
+        if self._queue.pending and not self._unstored_reported:
+            self._unstored_reported = True
+            log.error(
+                "asyncstore: %d accepted operation(s) were not stored (%s)",
+                self._queue.pending, self._writer.stats.last_error,
+            )
+
+    def _check_open(self) -> None:
+        if self._state is not _State.OPENED or self._queue.closing:
+            state = "closed" if self._queue.closing else self._state.value
+            raise RuntimeError(
+                f"this AsyncDataStorer is {state}: use it inside `async with AsyncDataStorer(...)`"
+            )
+
+    async def aclose(self) -> None:
+        """Store everything accepted, then stop the writer. Safe to call twice.
+
+        :raises StorageError: something failed permanently (listed).
+        """
+        if self._state is _State.UNOPENED:
+            self._state = _State.CLOSED
+            return
+        target = self._queue.accepted
+        self._queue.close()
+        assert self._writer_done is not None
+        try:
+            await self._writer_done.wait()
+        except anyio.get_cancelled_exc_class():
+            self._aclose_cut_short = True
+            raise
+        self._raise_failures(target)
+
+    async def flush(self) -> None:
+        """Wait until everything accepted before this call is stored in every store.
+
+        Bound the wait with ``anyio.fail_after``.
+
+        :raises StorageError: something failed permanently (listed).
+        """
+        self._check_open()
+        target = self._queue.request_flush()
+        await self._wait_done(target)
+        self._raise_failures(target)
+
+    async def _wait_done(self, target: int) -> None:
+        delay = 0.001
+        while self._queue.done < target:
+            if self._writer_done is not None and self._writer_done.is_set():
+                raise StorageError(
+                    f"the writer stopped: {self._writer.stats.fatal!r}",
+                    [f"{self._queue.pending} accepted operation(s) not stored"],
+                )
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _raise_failures(self, target: int) -> None:
+        failures = self._writer.stats.failures
+        new = [text for seq, text in failures[self._reported :] if seq <= target]
+        if new:
+            self._reported = len(failures)
+            raise StorageError(f"{len(new)} operation(s) could not be stored", new)
+
+    def stats(self) -> StorerStats:
+        q, s = self._queue, self._writer.stats
+        return StorerStats(q.accepted, s.written, q.pending, s.retried, s.failed, 0,
+                           q.high_water, s.last_error)
+
+    async def _put(self, build: Any, *args: Any) -> None:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        if self._queue.pending >= self._queue.maxsize:
+            # Back-pressure: wait for room *before* building the op, so that a
+            # cancellation here leaves nothing half-done (no step number taken).
+            self._queue.waits += 1
+            self._queue.request_flush()
+            delay = 0.001
+            while self._queue.pending >= self._queue.maxsize:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+                self._check_open()
+        op: Op = build(*args)
+        # No await between building and queueing: nothing else in this loop can take
+        # the room we just saw.
+        if self._queue.try_put(op) is None:  # pragma: no cover - a misuse across threads
+            raise RuntimeError("an AsyncDataStorer must be used from one event loop")
+
+    # ------------------------------------------------------------------ the seed's methods
+
+    async def create_experiment(self, experiment: TrainingResult) -> None:
+        await self._put(self._front.experiment, experiment)
+
+    async def save_training_step(self, parent: str, result: TrainingStepResult) -> None:
+        await self._put(self._front.step, parent, result, "training")
+
+    async def save_training_result(self, result: TrainingResult) -> None:
+        await self._put(self._front.result, result, "training")
+
+    async def save_evaluation_step(self, parent: str, result: TrainingStepResult) -> None:
+        await self._put(self._front.step, parent, result, "evaluation")
+
+    async def save_evaluation_result(self, result: TrainingResult) -> None:
+        await self._put(self._front.result, result, "evaluation")
+
+    async def create_hpo_sweep(self, sweep: HPOResult) -> None:
+        raise NotImplementedError("create_hpo_sweep is not implemented in this version")
+
+    async def save_hpo_step(self, parent: str, result: HPOStepResult) -> None:
+        raise NotImplementedError("save_hpo_step is not implemented in this version")
+
+    async def save_hpo_result(self, result: HPOResult) -> None:
+        raise NotImplementedError("save_hpo_result is not implemented in this version")
+
+    async def save_model(
+        self, experiment: str, m: Any, model_config: dict[str, Any] | None = None
+    ) -> None:
+        raise NotImplementedError("save_model is not implemented in this version")
+
+    async def create_artifact(self, content: dict[str, Any]) -> Any:
+        raise NotImplementedError("create_artifact comes with W&B support")
+
+    @staticmethod
+    def average_nested_data(data: Any) -> float:
+        return comparisons.average_nested_data(data)
