@@ -13,10 +13,11 @@ threads, so the loop never stalls on it.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -58,7 +59,7 @@ class AsyncDataStorer:
         self.config = resolve_config(config, "AsyncDataStorer")
         self._front = Front(self.config, saved_metric_names(metric_config))
         self._queue = OpQueue(self.config.writer.queue_size)
-        self._writer = build_writer(self.config, self._queue, inline_local=False)
+        self._writer = build_writer(self.config, self._queue, own_thread=False)
         self._state = _State.UNOPENED
         self._tg: anyio.abc.TaskGroup | None = None
         self._writer_done: anyio.Event | None = None
@@ -238,6 +239,19 @@ class AsyncDataStorer:
         self, experiment: str, m: Any, model_config: dict[str, Any] | None = None
     ) -> None:
         raise NotImplementedError("save_model is not implemented in this version")
+
+    @contextlib.asynccontextmanager
+    async def experiment(self, result: TrainingResult) -> AsyncIterator[TrainingResult]:
+        """Create the experiment on entry; on a normal exit mark ``result`` finished and
+        save it (as the training or evaluation result, by its ``result_type``)."""
+        await self.create_experiment(result)
+        yield result
+        if result.end_time is None:
+            result.mark_finished()
+        if result.result_type == "evaluation":
+            await self.save_evaluation_result(result)
+        else:
+            await self.save_training_result(result)
 
     async def create_artifact(self, content: dict[str, Any]) -> Any:
         raise NotImplementedError("create_artifact comes with W&B support")

@@ -5,13 +5,14 @@ and enqueues on the caller's thread; one background thread runs the writer's eve
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import multiprocessing.util
 import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, ClassVar, NamedTuple
 
@@ -42,23 +43,28 @@ class StorerStats(NamedTuple):
     last_error: str | None
 
 
-def build_sinks(config: SystemConfig, *, inline_local: bool) -> list[Sink]:
+def build_sinks(config: SystemConfig, *, own_thread: bool) -> list[Sink]:
+    """The sinks of every write database. ``own_thread``: the writer has a thread to
+    itself (DataStorer), so SQLite commits inline and Firestore uses its async client in
+    that thread's loop; otherwise (the caller's loop) both work in worker threads."""
     sinks: list[Sink] = []
     for db in config.database.write_databases:
         if db.data_resolution == 0:
             continue
         store = open_store(db)
-        if inline_local and db.name == "local":
-            store.inline = True
+        if db.name == "local":
+            store.inline = own_thread
+        else:
+            store.threaded = not own_thread
         sinks.append(DocumentSink(store, db.data_resolution))
     return sinks
 
 
-def build_writer(config: SystemConfig, queue: OpQueue, *, inline_local: bool) -> Writer:
+def build_writer(config: SystemConfig, queue: OpQueue, *, own_thread: bool) -> Writer:
     w = config.writer
     return Writer(
         queue,
-        build_sinks(config, inline_local=inline_local),
+        build_sinks(config, own_thread=own_thread),
         flush_interval=w.flush_interval,
         max_batch_steps=w.max_batch_steps,
         retry=RetryPolicy(w.retry.attempts, w.retry.initial, w.retry.max_wait, w.retry.deadline),
@@ -115,7 +121,7 @@ class DataStorer:
         self.config = resolve_config(config, "DataStorer")
         self._front = Front(self.config, saved_metric_names(metric_config))
         self._queue = OpQueue(self.config.writer.queue_size)
-        self._writer = build_writer(self.config, self._queue, inline_local=True)
+        self._writer = build_writer(self.config, self._queue, own_thread=True)
         self._pid = os.getpid()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -265,6 +271,19 @@ class DataStorer:
 
     def create_artifact(self, content: dict[str, Any]) -> Any:
         raise _not_yet("create_artifact")
+
+    @contextlib.contextmanager
+    def experiment(self, result: TrainingResult) -> Iterator[TrainingResult]:
+        """Create the experiment on entry; on a normal exit mark ``result`` finished and
+        save it (as the training or evaluation result, by its ``result_type``)."""
+        self.create_experiment(result)
+        yield result
+        if result.end_time is None:
+            result.mark_finished()
+        if result.result_type == "evaluation":
+            self.save_evaluation_result(result)
+        else:
+            self.save_training_result(result)
 
     @staticmethod
     def average_nested_data(data: Any) -> float:

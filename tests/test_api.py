@@ -70,3 +70,14 @@ def test_later_issue_methods_say_so(tmp_path):
         with pytest.raises(NotImplementedError):
             ds.save_model("e", None)
         assert ds.average_nested_data([[1.0, 3.0], [5.0]]) == 3.5
+
+
+def test_experiment_session_on_the_thread_storer(tmp_path):
+    from asyncstore import TrainingResult
+
+    cfg = {"database": {"write_databases": [{"name": "local", "path": str(tmp_path / "s.db")}]}}
+    result = TrainingResult("sess", result_type="evaluation")
+    with DataStorer([{"name": "x", "save": True}], cfg) as ds, ds.experiment(result):
+        ds.save_evaluation_step("sess", TrainingStepResult())
+    got = DataFetcher(cfg).get_evaluation_result("sess")
+    assert got.end_time == result.end_time is not None and len(got.get_steps()) == 1

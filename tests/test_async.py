@@ -175,3 +175,18 @@ async def test_the_loop_stays_responsive_while_the_writer_commits_a_backlog(
             done = True
     # A generous bound for a noisy 2-core machine; benchmarks/bench_async.py prints it.
     assert worst < 0.25, f"the loop stalled {worst * 1e3:.0f} ms"
+
+
+async def test_experiment_session_creates_on_entry_and_saves_the_result_on_exit(tmp_path):
+    cfg = local_config(tmp_path)
+    result = TrainingResult("session", metrics={"x": "max_by_layerwise_mean"})
+    async with AsyncDataStorer(X, cfg) as store:
+        async with store.experiment(result) as run:
+            for i in range(5):
+                s = step(float(i % 3))
+                run.add_step(s)
+                await store.save_training_step(run.id, s)
+    got = DataFetcher(cfg).get_training_result("session")
+    assert got.end_time == result.end_time is not None
+    assert got.best_steps["x"]["best_index"] == 2
+    assert len(got.get_steps()) == 5
