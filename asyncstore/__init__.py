@@ -11,6 +11,7 @@ from ._async_storer import AsyncDataStorer
 from ._config import SystemConfig, load_config
 from ._exceptions import CodecError, ConfigError, NotFoundError, StorageError
 from ._fetcher import DataFetcher
+from ._recover import RecoverReport, recover
 from ._results import HPOResult, HPOStepResult, TrainingResult, TrainingStepResult
 from ._storer import DataStorer, StorerStats
 
@@ -25,6 +26,7 @@ __all__ = [
     "HPOResult",
     "HPOStepResult",
     "NotFoundError",
+    "RecoverReport",
     "StorageError",
     "StorerStats",
     "SystemConfig",
@@ -32,4 +34,5 @@ __all__ = [
     "TrainingStepResult",
     "comparisons",
     "load_config",
+    "recover",
 ]

@@ -30,9 +30,10 @@ from ._config import SystemConfig
 from ._defaults import resolve_config
 from ._exceptions import StorageError
 from ._front import Front, saved_metric_names
-from ._queue import Op, OpQueue
+from ._queue import Op
 from ._results import HPOResult, HPOStepResult, TrainingResult, TrainingStepResult
-from ._storer import StorerStats, build_writer
+from ._storer import StorerStats
+from ._wiring import build_writer, make_queue, open_journal
 
 log = logging.getLogger("asyncstore")
 
@@ -58,8 +59,10 @@ class AsyncDataStorer:
     ) -> None:
         self.config = resolve_config(config, "AsyncDataStorer")
         self._front = Front(self.config, saved_metric_names(metric_config))
-        self._queue = OpQueue(self.config.writer.queue_size)
-        self._writer = build_writer(self.config, self._queue, own_thread=False)
+        self._queue = make_queue(self.config)
+        self._journal = open_journal(self.config, own_thread=False)
+        self._writer = build_writer(self.config, self._queue, own_thread=False,
+                                    journal=self._journal)
         self._state = _State.UNOPENED
         self._tg: anyio.abc.TaskGroup | None = None
         self._writer_done: anyio.Event | None = None
@@ -120,6 +123,8 @@ class AsyncDataStorer:
             await self._tg.__aexit__(None, None, None)
             self._state = _State.CLOSED
             self._report_unstored()
+            if self._journal is not None:
+                self._journal.spool.close()
         return False
 
     def _report_unstored(self) -> None:
@@ -187,19 +192,20 @@ class AsyncDataStorer:
 
     def stats(self) -> StorerStats:
         q, s = self._queue, self._writer.stats
-        return StorerStats(q.accepted, s.written, q.pending, s.retried, s.failed, 0,
+        spilled = self._journal.evicted if self._journal is not None else 0
+        return StorerStats(q.accepted, s.written, q.pending, s.retried, s.failed, spilled,
                            q.high_water, s.last_error)
 
     async def _put(self, build: Any, *args: Any) -> None:
         await anyio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
-        if self._queue.pending >= self._queue.maxsize:
+        if self._queue.full():
             # Back-pressure: wait for room *before* building the op, so that a
             # cancellation here leaves nothing half-done (no step number taken).
             self._queue.waits += 1
             self._queue.request_flush()
             delay = 0.001
-            while self._queue.pending >= self._queue.maxsize:
+            while self._queue.full():
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 0.05)
                 self._check_open()

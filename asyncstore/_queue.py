@@ -31,6 +31,8 @@ class StepOp:
     blob: bytes | None
     snapshot: Any = None
     seq: int = 0
+    spool_id: int = 0  # its row in the spool, once journaled
+    group: tuple[int, int] | None = None  # (first, count) of the run it was stored in
 
 
 @dataclass(slots=True)
@@ -42,6 +44,7 @@ class WritesOp:
     level: int = 1  # the lowest data_resolution of a store that keeps it
     seq: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # for non-document sinks
+    spool_id: int = 0
 
 
 Op = StepOp | WritesOp
@@ -52,10 +55,14 @@ class QueueClosed(RuntimeError):
 
 
 class OpQueue:
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, *, spill: bool = False) -> None:
         self.maxsize = maxsize
+        # spill: the writer moves what does not fit in memory to the spool, so only
+        # operations it has not yet taken count against maxsize here.
+        self.spill = spill
         self._items: deque[Op] = deque()
-        self._cv = threading.Condition(threading.Lock())
+        # Reentrant: a signal handler that drains may interrupt this thread inside put().
+        self._cv = threading.Condition(threading.RLock())
         self.accepted = 0  # seq of the last accepted op
         self.done = 0  # every op with seq <= done is stored or has failed
         self.flush_target = 0  # the writer must not hold back ops up to this seq
@@ -66,6 +73,11 @@ class OpQueue:
 
     # ------------------------------------------------------------------ producers
 
+    def full(self) -> bool:
+        if self.spill:
+            return len(self._items) >= self.maxsize
+        return self.accepted - self.done >= self.maxsize
+
     def put(self, op: Op, timeout: float | None = None) -> int:
         """Accept ``op``; wait for room when full. Returns its sequence number.
 
@@ -73,11 +85,11 @@ class OpQueue:
         :raises TimeoutError: no room within ``timeout``.
         """
         with self._cv:
-            if self.accepted - self.done >= self.maxsize:
+            if self.full():
                 self.waits += 1
                 self._wake()  # let the writer know someone waits: flush what it holds
                 deadline = None if timeout is None else time.monotonic() + timeout
-                while self.accepted - self.done >= self.maxsize and not self.closing:
+                while self.full() and not self.closing:
                     left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         raise TimeoutError("the storage queue stayed full")
@@ -87,7 +99,7 @@ class OpQueue:
     def try_put(self, op: Op) -> int | None:
         """Accept ``op`` if there is room now; None otherwise."""
         with self._cv:
-            if self.accepted - self.done >= self.maxsize:
+            if self.full():
                 self.waits += 1
                 self._wake()
                 return None
@@ -143,6 +155,9 @@ class OpQueue:
         out: list[Op] = []
         while items and len(out) < limit:
             out.append(items.popleft())
+        if out and self.spill and self.waits:
+            with self._cv:
+                self._cv.notify_all()  # room again for a producer held by the safety valve
         return out
 
     def empty(self) -> bool:
@@ -157,7 +172,7 @@ class OpQueue:
     def reset_after_fork(self) -> None:
         """In a forked child: forget the parent's queued ops (the parent writes them) and
         replace locks that another thread may have held at the fork."""
-        self._cv = threading.Condition(threading.Lock())
+        self._cv = threading.Condition(threading.RLock())
         self._items.clear()
         self.done = self.accepted
         self._waker = None

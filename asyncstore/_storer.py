@@ -4,30 +4,25 @@ and enqueues on the caller's thread; one background thread runs the writer's eve
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
-import multiprocessing.util
 import os
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, ClassVar, NamedTuple
 
 import anyio
 
-from . import comparisons
+from . import _lifecycle, comparisons
 from ._config import SystemConfig, load_config
 from ._defaults import resolve_config, set_default
 from ._exceptions import StorageError
 from ._front import Front, saved_metric_names
-from ._queue import Op, OpQueue
+from ._queue import Op
 from ._results import HPOResult, HPOStepResult, TrainingResult, TrainingStepResult
-from ._sinks import DocumentSink
-from ._writer import RetryPolicy, Sink, Writer
-from .stores import open_store
+from ._wiring import build_writer, make_queue, open_journal
 
 log = logging.getLogger("asyncstore")
 
@@ -41,34 +36,6 @@ class StorerStats(NamedTuple):
     spilled: int
     high_water: int
     last_error: str | None
-
-
-def build_sinks(config: SystemConfig, *, own_thread: bool) -> list[Sink]:
-    """The sinks of every write database. ``own_thread``: the writer has a thread to
-    itself (DataStorer), so SQLite commits inline and Firestore uses its async client in
-    that thread's loop; otherwise (the caller's loop) both work in worker threads."""
-    sinks: list[Sink] = []
-    for db in config.database.write_databases:
-        if db.data_resolution == 0:
-            continue
-        store = open_store(db)
-        if db.name == "local":
-            store.inline = own_thread
-        else:
-            store.threaded = not own_thread
-        sinks.append(DocumentSink(store, db.data_resolution))
-    return sinks
-
-
-def build_writer(config: SystemConfig, queue: OpQueue, *, own_thread: bool) -> Writer:
-    w = config.writer
-    return Writer(
-        queue,
-        build_sinks(config, own_thread=own_thread),
-        flush_interval=w.flush_interval,
-        max_batch_steps=w.max_batch_steps,
-        retry=RetryPolicy(w.retry.attempts, w.retry.initial, w.retry.max_wait, w.retry.deadline),
-    )
 
 
 def _lower_priority() -> None:
@@ -120,8 +87,10 @@ class DataStorer:
     ) -> None:
         self.config = resolve_config(config, "DataStorer")
         self._front = Front(self.config, saved_metric_names(metric_config))
-        self._queue = OpQueue(self.config.writer.queue_size)
-        self._writer = build_writer(self.config, self._queue, own_thread=True)
+        self._queue = make_queue(self.config)
+        self._journal = open_journal(self.config, own_thread=True)
+        self._writer = build_writer(self.config, self._queue, own_thread=True,
+                                    journal=self._journal)
         self._pid = os.getpid()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -130,7 +99,7 @@ class DataStorer:
             target=self._thread_main, name="asyncstore-writer", daemon=True
         )
         self._thread.start()
-        _track(self)
+        _lifecycle.track(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -205,7 +174,9 @@ class DataStorer:
             self._wait(target, timeout)
             self._thread.join(timeout)
         finally:
-            _untrack(self)
+            _lifecycle.untrack(self)
+        if self._journal is not None and not self._thread.is_alive():
+            self._journal.spool.close()
         self._raise_failures(target)
 
     def __enter__(self) -> DataStorer:
@@ -233,7 +204,7 @@ class DataStorer:
             pending=q.pending,
             retried=s.retried,
             failed=s.failed,
-            spilled=0,
+            spilled=self._journal.evicted if self._journal is not None else 0,
             high_water=q.high_water,
             last_error=s.last_error,
         )
@@ -288,56 +259,3 @@ class DataStorer:
     @staticmethod
     def average_nested_data(data: Any) -> float:
         return comparisons.average_nested_data(data)
-
-
-# --------------------------------------------------------------------------- process exit
-
-_open: weakref.WeakSet[DataStorer] = weakref.WeakSet()
-_exit_hook_pid = 0
-_registry_lock = threading.Lock()
-
-
-def _track(storer: DataStorer) -> None:
-    global _exit_hook_pid
-    with _registry_lock:
-        _open.add(storer)
-        if _exit_hook_pid != os.getpid():
-            _exit_hook_pid = os.getpid()
-            atexit.register(_drain_at_exit)
-            # A multiprocessing child ends with os._exit(), skipping atexit; its
-            # finalizers still run.
-            multiprocessing.util.Finalize(None, _drain_at_exit, exitpriority=100)
-
-
-def _untrack(storer: DataStorer) -> None:
-    with _registry_lock:
-        _open.discard(storer)
-
-
-def _drain_at_exit() -> None:
-    for storer in list(_open):
-        if storer._pid != os.getpid():
-            continue
-        grace = storer.config.writer.exit_grace_period
-        try:
-            storer.close(timeout=grace)
-        except TimeoutError:
-            log.error(
-                "asyncstore: %d accepted operation(s) could not be stored within the "
-                "%.0f s exit grace period and are lost (%s)",
-                storer._queue.pending, grace, storer._writer.stats.last_error,
-            )
-        except StorageError as exc:
-            log.error("asyncstore: at exit: %s", exc)
-        except Exception:
-            log.exception("asyncstore: draining at exit failed")
-
-
-def _after_fork_in_child() -> None:
-    # The writer thread does not exist in the child: nothing the parent queued may be
-    # written from here (the parent writes it), and locks held at fork are reset.
-    for storer in list(_open):
-        storer._queue.reset_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -26,6 +26,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from . import _codec, _layout
 from ._documents import Write
 from ._queue import Op, OpQueue, StepOp, WritesOp
+from ._spool import Journal
 
 log = logging.getLogger("asyncstore")
 
@@ -43,6 +44,9 @@ class Unit:
     what: str
     remaining: int = 0
     failed: bool = False
+    error: str | None = None
+    first: int = 0  # for a run of steps: its first index and its count
+    count: int = 0
 
 
 class Sink(Protocol):
@@ -86,10 +90,11 @@ class WriterStats:
 
 
 class _Run:
-    __slots__ = ("experiment", "nbytes", "ops", "phase", "started")
+    __slots__ = ("experiment", "group", "nbytes", "ops", "phase", "started")
 
     def __init__(self, op: StepOp) -> None:
         self.experiment, self.phase = op.experiment, op.phase
+        self.group = op.group  # replayed from a spool: close exactly as it was stored
         self.ops: list[StepOp] = []
         self.nbytes = 0
         self.started = time.monotonic()
@@ -104,6 +109,8 @@ class _Run:
             writes=_layout.group_writes(self.experiment, self.phase, first, count, payload),
             ops=list(self.ops),
             what=f"{self.phase} steps {first}-{last} of experiment {self.experiment!r}",
+            first=first,
+            count=count,
         )
 
 
@@ -124,14 +131,17 @@ class Batcher:
             op.snapshot = None
         key = (op.experiment, op.phase)
         run = self._runs.get(key)
-        if run is not None and run.ops[-1].index + 1 != op.index:
+        if run is not None and (run.ops[-1].index + 1 != op.index or run.group != op.group):
             self._close(key)
             run = None
         if run is None:
             run = self._runs[key] = _Run(op)
         run.ops.append(op)
         run.nbytes += len(op.blob)
-        if run.nbytes >= self.max_bytes or len(run.ops) >= self.max_steps:
+        if run.group is not None:
+            if len(run.ops) >= run.group[1]:
+                self._close(key)
+        elif run.nbytes >= self.max_bytes or len(run.ops) >= self.max_steps:
             self._close(key)
 
     def _close(self, key: tuple[str, str]) -> None:
@@ -147,7 +157,10 @@ class Batcher:
             self.close_all()
         else:
             now = time.monotonic()
-            for key in [k for k, r in self._runs.items() if now - r.started >= self.max_age]:
+            for key in [
+                k for k, r in self._runs.items()
+                if now - r.started >= self.max_age and r.group is None
+            ]:
                 self._close(key)
         ready, self._ready = self._ready, []
         ready.sort(key=lambda u: u.seq)
@@ -167,8 +180,10 @@ class Batcher:
 class _Completion:
     """Advances the queue's watermark as units finish in every lane, in seq order."""
 
-    def __init__(self, queue: OpQueue, stats: WriterStats) -> None:
-        self._queue, self._stats = queue, stats
+    def __init__(
+        self, queue: OpQueue, stats: WriterStats, on_done: Callable[[Unit], None]
+    ) -> None:
+        self._queue, self._stats, self._on_done = queue, stats, on_done
         self._inflight: deque[Unit] = deque()
 
     def add(self, unit: Unit, lanes: int) -> None:
@@ -184,6 +199,7 @@ class _Completion:
         top = 0
         while inflight and inflight[0].remaining <= 0:
             done = inflight.popleft()
+            self._on_done(done)
             if done.failed:
                 self._stats.failed += len(done.ops)
             else:
@@ -246,15 +262,25 @@ class Writer:
         max_batch_steps: int = 1000,
         retry: RetryPolicy = DEFAULT_RETRY,
         tick: float | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.queue = queue
         self.sinks = list(sinks)
         self.retry = retry
         self.stats = WriterStats()
-        self.tick = tick if tick is not None else min(flush_interval, 0.05)
+        self.journal = journal
+        # With a spool, a short tick keeps the window of not-yet-journaled steps small.
+        default_tick = 0.02 if journal is not None else 0.05
+        self.tick = tick if tick is not None else min(flush_interval, default_tick)
+        self.inflight = 0  # ops taken from the queue and not yet done in every sink
         self._batcher = Batcher(max_batch_steps, flush_interval)
-        self._completion = _Completion(queue, self.stats)
+        self._completion = _Completion(queue, self.stats, self._unit_done)
         self._event: anyio.Event | None = None
+
+    def _unit_done(self, unit: Unit) -> None:
+        self.inflight -= len(unit.ops)
+        if self.journal is not None:
+            self.journal.finished(unit.ops, unit.error if unit.failed else None)
 
     # ------------------------------------------------------------------ running
 
@@ -272,6 +298,8 @@ class Writer:
                 finally:
                     for lane in lanes:
                         lane.send.close()
+            if self.journal is not None:
+                await self.journal.sync()
         except BaseException as exc:
             if not isinstance(exc, anyio.get_cancelled_exc_class()):
                 self.stats.fatal = exc
@@ -315,9 +343,12 @@ class Writer:
         return wake
 
     async def _produce(self, lanes: list[_Lane]) -> None:
-        q = self.queue
+        q, journal = self.queue, self.journal
         while True:
             ops = q.take()
+            if journal is not None:
+                ops = await journal.admit(ops, self.inflight)
+            self.inflight += len(ops)
             for op in ops:
                 self._batcher.add(op)
             held = self._batcher.holds_up_to()
@@ -325,11 +356,17 @@ class Writer:
                 q.pending >= q.maxsize
             ))
             for unit in self._batcher.take_ready(bool(force)):
+                if journal is not None and unit.count:
+                    # Before any store sees it: a replay must cut the same runs.
+                    await journal.grouped(unit.ops, unit.first, unit.count)  # type: ignore[arg-type]
                 takers = [lane for lane in lanes if unit.level <= lane.sink.level]
                 self._completion.add(unit, len(takers))
                 for lane in takers:
                     lane.send.send_nowait(unit)
-            if q.closing and q.empty() and self._batcher.empty():
+            if journal is not None:
+                await journal.sync()
+            backlog = journal is not None and journal.backlog
+            if q.closing and q.empty() and self._batcher.empty() and not backlog:
                 return
             if ops:
                 await anyio.lowlevel.checkpoint()
@@ -372,7 +409,9 @@ class Writer:
         self.stats.last_error = f"{sink.name}: {reason}"
         log.error("store %s: %d operation(s) not stored: %s", sink.name, len(units), reason)
         for u in units:
-            self.stats.failures.append((u.seq, f"{u.what} in store {sink.name!r}: {reason}"))
+            text = f"{u.what} in store {sink.name!r}: {reason}"
+            u.error = text
+            self.stats.failures.append((u.seq, text))
 
 
 def _short(exc: BaseException | None) -> str:

@@ -96,6 +96,37 @@ def demo(ctx: click.Context, steps: int, work_ms: float) -> None:
     click.echo(f"data lives in {where}")
 
 
+@main.command()
+@click.argument("spool", type=click.Path(dir_okay=False))
+@click.option("--timeout", type=float, default=None,
+              help="Give up after this many seconds (what is left stays in the spool).")
+@click.pass_context
+def recover(ctx: click.Context, spool: str, timeout: float | None) -> None:
+    """Store what a crashed or stopped process left in its spool SPOOL.
+
+    Uses the configuration recorded in the spool unless --config is given. Replays
+    dead letters too; safe to run again.
+    """
+    from ._recover import recover as replay
+    from ._spool import SpoolBusy
+
+    config = load_config(ctx.obj["config_path"]) if ctx.obj["config_path"] else None
+    try:
+        report = replay(spool, config, timeout=timeout)
+    except (ConfigError, SpoolBusy, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except TimeoutError:
+        raise click.ClickException(
+            f"not done within {timeout} s; what is left stays in {spool}"
+        ) from None
+    click.echo(f"{report.found} operation(s) in the spool: {report.stored} stored, "
+               f"{report.failed} still failing")
+    if report.failed:
+        for text in report.failures[:20]:
+            click.echo(f"  {text}", err=True)
+        ctx.exit(1)
+
+
 def _where(cfg: SystemConfig) -> str:
     db: Any = cfg.read_db
     if db.name == "local":
