@@ -120,7 +120,10 @@ class Spool:
             c = self._conn
             c.execute("BEGIN IMMEDIATE")
             try:
-                last = c.execute("SELECT COALESCE(MAX(id), 0) FROM ops").fetchone()[0]
+                # AUTOINCREMENT never reuses an id: new ones follow the sequence, not
+                # MAX(id) (rows already done are deleted).
+                row = c.execute("SELECT seq FROM sqlite_sequence WHERE name = 'ops'").fetchone()
+                last = row[0] if row else 0
                 c.executemany("INSERT INTO ops (seq, body) VALUES (?, ?)", rows)
                 c.execute("COMMIT")
             except BaseException:
