@@ -241,10 +241,24 @@ class _Lane:
                 await w._retrying(self.sink, payload)
             except Exception as exc:  # noqa: BLE001 - reported through flush()/stats()
                 todo = [u for u in members if id(u) not in failed]
-                w._fail(todo, self.sink, exc)
-                failed.update(id(u) for u in members)
+                if len(todo) > 1 and not self.sink.is_transient(exc):
+                    # One rejected document fails a whole (atomic) commit: commit the
+                    # units one by one so that only the culprit fails.
+                    for u in todo:
+                        await self._deliver_alone(u, failed)
+                else:
+                    w._fail(todo, self.sink, exc)
+                    failed.update(id(u) for u in todo)
         for u in units:
             w._completion.finish(u, failed=id(u) in failed)
+
+    async def _deliver_alone(self, unit: Unit, failed: set[int]) -> None:
+        try:
+            for payload, _ in self.sink.payloads([unit]):
+                await self.writer._retrying(self.sink, payload)
+        except Exception as exc:  # noqa: BLE001 - reported through flush()/stats()
+            self.writer._fail([unit], self.sink, exc)
+            failed.add(id(unit))
 
 
 class Writer:

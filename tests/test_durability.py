@@ -297,3 +297,30 @@ def test_malformed_and_foreign_documents_give_a_decode_error_naming_them(tmp_pat
     with pytest.raises(CodecError, match="'evil'"):
         fetcher.get_training_result("evil")
     assert not marker.exists()
+
+
+def test_a_document_firestore_rejects_is_reported_and_everything_else_is_stored(
+    firestore_emulator, firestore_project, tmp_path
+):
+    from asyncstore._queue import WritesOp
+
+    db = {"name": "firestore", "project": firestore_project,
+          "emulator_host": firestore_emulator.host}
+    cfg = config(db, spool_path=str(tmp_path / "sp.db"))
+    ds = DataStorer(X, cfg)
+    ds.save_training_step("ok", step(0))
+    # A document Firestore refuses for good (INVALID_ARGUMENT: a reserved field name).
+    ds._put(WritesOp("a rejected document", [Write(EXPERIMENTS, "bad", {"__x__": 1})]))
+    ds.save_training_step("ok", step(1))
+    with pytest.raises(StorageError) as info:
+        ds.flush(timeout=60)
+    assert "a rejected document in store 'firestore': InvalidArgument" in str(info.value)
+    assert ds.stats().failed == 1 and ds.stats().retried == 0  # not retried: permanent
+    ds.close()
+    assert stored_indices(cfg, "ok") == [0, 1]
+    sp = Spool(tmp_path / "sp.db")
+    assert [e for _, e in sp.dead_letters()] == [
+        "a rejected document in store 'firestore': InvalidArgument: 400 field name __x__ is "
+        "reserved"
+    ]
+    sp.close()

@@ -29,6 +29,7 @@ class MemorySink:
         self.units: list[Unit] = []
         self.commits = 0
         self.gate: anyio.Event | None = None
+        self.reject = ""  # a commit holding a unit with this text in its name is refused
 
     def payloads(self, units: Sequence[Unit]) -> list[tuple[Any, list[Unit]]]:
         return [(list(units), list(units))]
@@ -36,7 +37,7 @@ class MemorySink:
     async def commit(self, payload: Any) -> None:
         if self.gate is not None:
             await self.gate.wait()
-        if self.permanent:
+        if self.permanent or (self.reject and any(self.reject in u.what for u in payload)):
             raise PermissionError("denied")
         if self.fail_times > 0:
             self.fail_times -= 1
@@ -125,6 +126,21 @@ async def test_a_permanent_failure_is_reported_and_other_sinks_still_get_everyth
     assert writer.stats.failures and "store 'bad'" in writer.stats.failures[0][1]
     assert "PermissionError" in (writer.stats.last_error or "")
     assert q.done == 3  # failed operations do not hold the queue
+
+
+@pytest.mark.anyio
+async def test_a_rejected_unit_fails_alone_not_the_commit_it_shared():
+    q = OpQueue(1000)
+    q.put(step_op("e", 0))
+    q.put(WritesOp("poison", []))
+    q.put(step_op("e", 1))
+    sink = MemorySink("picky")
+    sink.reject = "poison"
+    writer = await run_writer(q, [sink])
+    assert steps_in(sink) == [0, 1]
+    assert writer.stats.failed == 1 and writer.stats.written == 2
+    assert [text for _, text in writer.stats.failures] == ["poison in store 'picky': "
+                                                          "PermissionError: denied"]
 
 
 @pytest.mark.anyio
