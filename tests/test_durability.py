@@ -324,3 +324,42 @@ def test_a_document_firestore_rejects_is_reported_and_everything_else_is_stored(
         "reserved"
     ]
     sp.close()
+
+
+def test_a_long_drain_at_exit_shows_progress_on_a_terminal(proxy, firestore_project):
+    import pty
+
+    cfg = config({"name": "firestore", "project": firestore_project,
+                  "emulator_host": proxy.address}, exit_grace_period=2.5)
+    script = textwrap.dedent(f"""
+        import sys
+        from asyncstore import DataStorer, TrainingStepResult
+        ds = DataStorer([{{"name": "x", "save": True}}], {cfg!r})
+        ds.save_training_step("tty", TrainingStepResult())
+        ds.flush(timeout=30)
+        print("connected", flush=True)
+        sys.stdin.readline()
+        for i in range(10):
+            ds.save_training_step("tty", TrainingStepResult())
+    """)
+    leader, follower = pty.openpty()
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=follower, text=True)
+    os.close(follower)
+    assert child.stdout is not None and child.stdin is not None
+    assert child.stdout.readline().strip() == "connected"
+    proxy.pause()
+    child.communicate("go\n", timeout=60)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    text = seen.decode(errors="replace")
+    assert "asyncstore: storing before exit, 10 operation(s) left" in text
+    assert "could not be stored within the 2 s exit grace period" in text
