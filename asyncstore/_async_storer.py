@@ -233,18 +233,18 @@ class AsyncDataStorer:
         await self._put(self._front.result, result, "evaluation")
 
     async def create_hpo_sweep(self, sweep: HPOResult) -> None:
-        raise NotImplementedError("create_hpo_sweep is not implemented in this version")
+        await self._put(self._front.hpo_sweep, sweep)
 
     async def save_hpo_step(self, parent: str, result: HPOStepResult) -> None:
-        raise NotImplementedError("save_hpo_step is not implemented in this version")
+        await self._put(self._front.hpo_step, parent, result)
 
     async def save_hpo_result(self, result: HPOResult) -> None:
-        raise NotImplementedError("save_hpo_result is not implemented in this version")
+        await self._put(self._front.hpo_result, result)
 
     async def save_model(
         self, experiment: str, m: Any, model_config: dict[str, Any] | None = None
     ) -> None:
-        raise NotImplementedError("save_model is not implemented in this version")
+        await self._put(self._front.model, experiment, m, model_config)
 
     @contextlib.asynccontextmanager
     async def experiment(self, result: TrainingResult) -> AsyncIterator[TrainingResult]:

@@ -1,7 +1,8 @@
 """``DataFetcher``: reads back what the storers wrote, from ``database.read_database``.
 
-Completed phases are cached (a repeated read costs no database read); a phase still in
-progress is read afresh every time, so it is never served stale.
+Completed phases and completed sweeps are cached (a repeated read costs no database
+read); a phase or sweep still in progress is read afresh every time, so it is never
+served stale.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from . import comparisons
 from ._config import SystemConfig
 from ._defaults import resolve_config
-from ._documents import BATCHES, EXPERIMENTS
+from ._documents import BATCHES, EXPERIMENTS, HPO_RUNS, MODELS
 from ._exceptions import NotFoundError
 from ._layout import (
     ExperimentInfo,
@@ -25,8 +26,12 @@ from ._layout import (
     parse_experiment,
     step_from_record,
 )
+from ._models import assemble_weights, parse_model
 from ._results import HPOResult, HPOStepResult, TrainingResult, TrainingStepResult
+from ._sweeps import TrialInfo, parse_sweep, parse_trial
 from .stores import open_store
+
+_CHUNKS_PER_READ = 8  # weight chunks fetched per request (each up to 900 KB)
 
 
 class DataFetcher:
@@ -36,6 +41,7 @@ class DataFetcher:
         self.config = resolve_config(config, "DataFetcher")
         self._store = open_store(self.config.read_db)
         self._cache: dict[tuple[str, str], TrainingResult] = {}
+        self._sweeps: dict[str, HPOResult] = {}  # completed sweeps whose trials are too
 
     def close(self) -> None:
         self._store.close()
@@ -63,11 +69,28 @@ class DataFetcher:
         cached = self._cache.get((experiment_id, result_type))
         if cached is not None:
             return cached
-        info = self._experiment(experiment_id)
+        result = self._load_phase(experiment_id, result_type, self._experiment(experiment_id))
+        if result is None:
+            raise NotFoundError(f"no experiment {experiment_id!r}")
+        return result
+
+    def _load_phase(
+        self,
+        experiment_id: str,
+        result_type: str,
+        info: ExperimentInfo | None,
+        *,
+        only_if_any: bool = False,
+    ) -> TrainingResult | None:
+        """One phase of an experiment whose document (``info``) is already read. None
+        when there is no experiment, or (``only_if_any``) when it has no such phase."""
+        cached = self._cache.get((experiment_id, result_type))
+        if cached is not None:
+            return cached
         phase = info.phases.get(result_type) if info is not None else None
         docs = self._store.query(BATCHES, {"experiment": experiment_id, "phase": result_type})
-        if info is None and not docs:
-            raise NotFoundError(f"no experiment {experiment_id!r}")
+        if (info is None or (only_if_any and phase is None)) and not docs:
+            return None
         result = _build(experiment_id, result_type, info, phase or PhaseInfo())
         for rec in assemble_steps(docs):
             result._append_step_no_best(step_from_record(rec))
@@ -137,16 +160,124 @@ class DataFetcher:
         )
         return plain
 
-    # ------------------------------------------------------------------ later issues
+    # ------------------------------------------------------------------ sweeps
 
     def get_hpo_step_result(self, hpo_run_id: str, experiment_id: str) -> HPOStepResult:
-        raise NotImplementedError("get_hpo_step_result is not implemented in this version")
+        """One trial of a sweep: its objective, its own configs, and its experiment's
+        training and evaluation results (None for a phase it does not have).
+
+        :raises NotFoundError: ``experiment_id`` is not a stored trial of ``hpo_run_id``.
+        """
+        check_id(hpo_run_id, "hpo_run_id")
+        check_id(experiment_id, "experiment_id")
+        cached = self._sweeps.get(hpo_run_id)
+        if cached is not None:
+            for step in cached.get_steps():
+                if step.id == experiment_id:
+                    return step
+        doc = self._store.get(EXPERIMENTS, experiment_id)
+        trial = parse_trial(experiment_id, doc) if doc is not None else None
+        if trial is None or trial.sweep != hpo_run_id:
+            raise NotFoundError(
+                f"experiment {experiment_id!r} is not a stored trial of sweep {hpo_run_id!r}"
+            )
+        step, _ = self._trial(hpo_run_id, experiment_id, doc, trial, None)
+        return step
 
     def get_hpo_result(self, hpo_run_id: str) -> HPOResult:
-        raise NotImplementedError("get_hpo_result is not implemented in this version")
+        """A sweep with every trial stored (in the order they reached the store), its
+        best run (the highest ``objective["total"]``), start and end times.
+
+        :raises NotFoundError: no sweep has this id.
+        """
+        check_id(hpo_run_id, "hpo_run_id")
+        cached = self._sweeps.get(hpo_run_id)
+        if cached is not None:
+            return cached
+        doc = self._store.get(HPO_RUNS, hpo_run_id)
+        if doc is None:
+            raise NotFoundError(f"no HPO sweep {hpo_run_id!r}")
+        info = parse_sweep(hpo_run_id, doc)
+        result = HPOResult(info.configs, hpo_run_id, info.name)
+        if info.start_time is not None:
+            result.start_time = info.start_time
+        result.end_time = info.end_time
+        ids = [run.id for run in info.runs]
+        docs = self._store.get_many(EXPERIMENTS, ids) if ids else []
+        complete = info.completed
+        for run, exp_doc in zip(info.runs, docs, strict=True):
+            trial = parse_trial(run.id, exp_doc) if exp_doc is not None else None
+            if trial is not None and trial.sweep != hpo_run_id:
+                trial = None  # the experiment was since made a trial of another sweep
+            step, done = self._trial(hpo_run_id, run.id, exp_doc, trial, run.total)
+            result.add_step(step)  # ranks as the stored best_run_id does
+            complete = complete and done
+        if complete:
+            self._sweeps[hpo_run_id] = result
+        return result
+
+    def _trial(
+        self,
+        hpo_run_id: str,
+        experiment_id: str,
+        doc: Mapping[str, Any] | None,
+        trial: TrialInfo | None,
+        total: float | None,
+    ) -> tuple[HPOStepResult, bool]:
+        """The trial's result, and whether it is complete (every phase it has saved)."""
+        info = parse_experiment(experiment_id, doc) if doc is not None else None
+        step = HPOStepResult(hpo_run_id, experiment_id, trial.configs if trial else {})
+        training = self._load_phase(experiment_id, "training", info, only_if_any=True)
+        evaluation = self._load_phase(experiment_id, "evaluation", info, only_if_any=True)
+        objective = trial.objective if trial is not None else {"total": total}
+        step.populate(objective, training, evaluation)
+        complete = (
+            trial is not None
+            and info is not None
+            and all(p.completed for p in info.phases.values())
+            and (training is None or (experiment_id, "training") in self._cache)
+            and (evaluation is None or (experiment_id, "evaluation") in self._cache)
+        )
+        return step, complete
+
+    # ------------------------------------------------------------------ models
+
+    def _model(self, model_id: str) -> Any:
+        check_id(model_id, "model_id")
+        doc = self._store.get(MODELS, model_id)
+        if doc is None:
+            raise NotFoundError(f"no model {model_id!r}")
+        return parse_model(model_id, doc)
 
     def get_model_weights(self, model_id: str) -> dict[str, Any]:
-        raise NotImplementedError("get_model_weights is not implemented in this version")
+        """The state dict saved as model ``model_id`` (``f"{experiment}-model"``), as an
+        ``OrderedDict`` of tensors equal in dtype, shape and values. Decoded by the value
+        codec: nothing stored is ever unpickled or executed.
+
+        :raises NotFoundError: no such model, or this database keeps no weights for it
+            (``save_models`` off).
+        :raises CodecError: the stored weights are incomplete, altered or not asyncstore's.
+        """
+        info = self._model(model_id)
+        if info.weights is None:
+            raise NotFoundError(
+                f"model {model_id!r} has no weights in database "
+                f"{self.config.read_db.name!r} (its save_models is off, or they are still "
+                "being written)"
+            )
+        ids: list[str] = info.weights["ids"]
+        docs: list[Mapping[str, Any] | None] = []
+        for i in range(0, len(ids), _CHUNKS_PER_READ):
+            docs.extend(self._store.get_many(MODELS, ids[i : i + _CHUNKS_PER_READ]))
+        return assemble_weights(info, docs)
+
+    def get_model_config(self, model_id: str) -> dict[str, Any]:
+        """The ``model_config`` saved with model ``model_id``.
+
+        :raises NotFoundError: no such model.
+        """
+        config: dict[str, Any] = self._model(model_id).config
+        return config
 
 
 def _build(

@@ -11,10 +11,10 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import _codec, _layout
+from . import _codec, _layout, _models, _sweeps
 from ._config import SystemConfig
 from ._queue import StepOp, WritesOp
-from ._results import TrainingResult, TrainingStepResult
+from ._results import HPOResult, HPOStepResult, TrainingResult, TrainingStepResult
 
 
 def saved_metric_names(metric_config: Iterable[Mapping[str, Any]]) -> frozenset[str]:
@@ -78,4 +78,39 @@ class Front:
         return WritesOp(
             f"{phase} result of experiment {result.id!r}",
             [_layout.experiment_write(result, phase, finished=True)],
+        )
+
+    # ------------------------------------------------------------------ sweeps and models
+
+    def hpo_sweep(self, sweep: HPOResult) -> WritesOp:
+        """``create_hpo_sweep``: the sweep's document (name, start time, configs)."""
+        _check_result(sweep, HPOResult, "sweep")
+        _layout.check_id(sweep.id, "sweep id")
+        return WritesOp(f"HPO sweep {sweep.id!r}", [_sweeps.sweep_write(sweep)])
+
+    def hpo_step(self, parent: str, result: HPOStepResult) -> WritesOp:
+        """``save_hpo_step``: the trial's objective and configs on its experiment, and its
+        entry in sweep ``parent`` (which keeps its best run current)."""
+        _layout.check_id(parent, "parent")
+        _check_result(result, HPOStepResult, "result")
+        _layout.check_id(result.id, "trial id")
+        return WritesOp(
+            f"HPO trial {result.id!r} of sweep {parent!r}", _sweeps.trial_writes(parent, result)
+        )
+
+    def hpo_result(self, result: HPOResult) -> WritesOp:
+        """``save_hpo_result``: end time, completion, best run, runs by objective."""
+        _check_result(result, HPOResult, "result")
+        _layout.check_id(result.id, "sweep id")
+        return WritesOp(f"HPO result of sweep {result.id!r}", [_sweeps.result_write(result)])
+
+    def model(
+        self, experiment: str, m: Any, model_config: Mapping[str, Any] | None = None
+    ) -> WritesOp:
+        """``save_model``: the model and registry documents and the weights (encoded
+        now: the state dict as it is at this call is what is stored)."""
+        _layout.check_id(experiment, "experiment")
+        return WritesOp(
+            f"model of experiment {experiment!r}",
+            _models.model_writes(experiment, m, model_config),
         )

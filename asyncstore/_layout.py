@@ -221,12 +221,14 @@ def _as_datetime(value: Any) -> datetime | None:
 
 def parse_experiment(doc_id: str, doc: Mapping[str, Any]) -> ExperimentInfo:
     """:raises CodecError: the document is not an asyncstore experiment of this version."""
-    if doc.get("v") != LAYOUT_VERSION or not isinstance(doc.get("phases"), dict):
+    # An experiment known only as an HPO trial (save_hpo_step before create_experiment)
+    # has no phases yet.
+    if doc.get("v") != LAYOUT_VERSION or not isinstance(doc.get("phases", {}), dict):
         raise _bad(doc_id, "not an asyncstore experiment document")
     try:
         configs = _codec.decode(doc["configs"]) if doc.get("configs") is not None else {}
         phases = {}
-        for name, p in doc["phases"].items():
+        for name, p in doc.get("phases", {}).items():
             best = {
                 metric: {
                     "best_index": int(b["best_index"]),

@@ -227,18 +227,18 @@ class DataStorer:
         self._put(self._front.result(result, "evaluation"))
 
     def create_hpo_sweep(self, sweep: HPOResult) -> None:
-        raise _not_yet("create_hpo_sweep")
+        self._put(self._front.hpo_sweep(sweep))
 
     def save_hpo_step(self, parent: str, result: HPOStepResult) -> None:
-        raise _not_yet("save_hpo_step")
+        self._put(self._front.hpo_step(parent, result))
 
     def save_hpo_result(self, result: HPOResult) -> None:
-        raise _not_yet("save_hpo_result")
+        self._put(self._front.hpo_result(result))
 
     def save_model(
         self, experiment: str, m: Any, model_config: dict[str, Any] | None = None
     ) -> None:
-        raise _not_yet("save_model")
+        self._put(self._front.model(experiment, m, model_config))
 
     def create_artifact(self, content: dict[str, Any]) -> Any:
         raise _not_yet("create_artifact")

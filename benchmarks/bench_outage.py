@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _proxy import TcpProxy  # noqa: E402
+from _proxy import TcpProxy
 
-from asyncstore import DataFetcher, DataStorer, TrainingResult  # noqa: E402
-from asyncstore._synthetic import SparseyLike, metric_config  # noqa: E402
+from asyncstore import DataFetcher, DataStorer, TrainingResult
+from asyncstore._synthetic import SparseyLike, metric_config
 
 
 def rss_mb() -> float:

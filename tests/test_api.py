@@ -68,7 +68,9 @@ def test_later_issue_methods_say_so(tmp_path):
     cfg = {"database": {"write_databases": [{"name": "local", "path": str(tmp_path / "s.db")}]}}
     with DataStorer([], cfg) as ds:
         with pytest.raises(NotImplementedError):
-            ds.save_model("e", None)
+            ds.create_artifact({})
+        with pytest.raises(TypeError):
+            ds.save_model("e", None)  # checked at the call: None is not a model
         assert ds.average_nested_data([[1.0, 3.0], [5.0]]) == 3.5
 
 

@@ -13,7 +13,7 @@ def open_store(cfg: LocalDatabaseConfig | FirestoreDatabaseConfig):  # type: ign
     if cfg.name == "local":
         from .local import LocalStore
 
-        return LocalStore(cfg.path, cfg.table_names.model_dump())
+        return LocalStore(cfg.path, cfg.table_names.model_dump(), save_models=cfg.save_models)
     from .firestore import FirestoreStore
 
     return FirestoreStore(cfg)

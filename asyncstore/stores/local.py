@@ -17,8 +17,10 @@ from typing import Any
 import anyio.to_thread
 
 from .. import _codec
-from .._documents import Write
+from .._documents import Write, apply_updates, coalesce, merge_into, plain, rank_updates
 from .._exceptions import CodecError
+
+__all__ = ["LocalStore", "merge_into"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -33,22 +35,6 @@ CREATE INDEX IF NOT EXISTS documents_by_experiment ON documents (tbl, experiment
 """
 
 
-def merge_into(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Firestore's ``set(merge=True)``: nested maps merge, everything else replaces."""
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            merge_into(base[key], value)
-        else:
-            base[key] = _plain(value)
-    return base
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 class LocalStore:
     """Writer and reader of the embedded store. Thread-safe; one connection."""
 
@@ -56,9 +42,16 @@ class LocalStore:
     max_commit_bytes = 64 * 1024 * 1024
     max_commit_writes = 10_000
 
-    def __init__(self, path: str | Path, table_names: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        table_names: Mapping[str, str] | None = None,
+        *,
+        save_models: bool = True,
+    ) -> None:
         self.path = Path(path)
         self._tables = dict(table_names or {})
+        self.save_models = save_models
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self.inline = False
@@ -81,22 +74,36 @@ class LocalStore:
 
     # ------------------------------------------------------------------ writer side
 
+    def prepare(self, writes: Sequence[Write]) -> list[Write]:
+        """What this store commits of ``writes``: model weights only with
+        ``save_models``, and one write per document where several fold into one."""
+        if not self.save_models:
+            writes = [w for w in writes if not w.model_weights]
+        return coalesce(writes)
+
     def commit_sync(self, writes: Sequence[Write]) -> None:
+        writes = self.prepare(writes)
+        if not writes:
+            return
         with self._lock:
             conn = self._connection()
+            # BEGIN IMMEDIATE takes the database's write lock before reading: a ranked
+            # write's read-modify-write is atomic across threads and processes.
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for w in writes:
                     tbl = self._table(w.table)
                     fields = dict(w.fields)
-                    if w.merge:
+                    if w.merge or w.rank is not None:
                         row = conn.execute(
                             "SELECT body FROM documents WHERE tbl = ? AND id = ?", (tbl, w.doc_id)
                         ).fetchone()
                         if row is not None:
                             fields = merge_into(_codec.decode(row[0]), w.fields)
                         else:
-                            fields = _plain(fields)
+                            fields = plain(fields)
+                        if w.rank is not None:
+                            apply_updates(fields, rank_updates(fields, w.rank))
                     conn.execute(
                         "INSERT OR REPLACE INTO documents (tbl, id, experiment, phase, body)"
                         " VALUES (?, ?, ?, ?, ?)",
