@@ -2,9 +2,9 @@
 
 ``experiments/{experiment}``
     ``{"v": 1, "id", "configs": <codec bytes>, "phases": {phase: {"start_time",
-    "end_time", "completed", "resolution", "metrics": {name: comparison name},
-    "best_steps": {name: {"best_index", "best_value": <codec bytes>,
-    "best_function": comparison name}}}}}``. Written only when an experiment is created
+    "end_time", "completed", "resolution", "metrics": [{"name", "comparison"}],
+    "best_steps": [{"metric", "best_index", "best_value": <codec bytes>,
+    "best_function": comparison name}]}}}``. Written only when an experiment is created
     and when a phase's result is saved, so never more than about once per second.
 
 ``batches/{id}``
@@ -162,15 +162,20 @@ def step_from_record(rec: Mapping[str, Any]) -> TrainingStepResult:
 # --------------------------------------------------------------------------- experiments
 
 
-def _best_steps(result: TrainingResult) -> dict[str, Any]:
-    return {
-        name: {
+# Metric names are user text ("a.b", "__x__", ""): never map keys, which Firestore
+# restricts, but values in lists of entries.
+
+
+def _best_steps(result: TrainingResult) -> list[dict[str, Any]]:
+    return [
+        {
+            "metric": name,
             "best_index": best["best_index"],
             "best_value": _codec.encode_snapshot(best["best_value"]),
             "best_function": comparisons.name_of(best["best_function"]),
         }
         for name, best in result.best_steps.items()
-    }
+    ]
 
 
 def experiment_write(result: TrainingResult, phase: str, *, finished: bool) -> Write:
@@ -178,7 +183,9 @@ def experiment_write(result: TrainingResult, phase: str, *, finished: bool) -> W
     phase_fields: dict[str, Any] = {
         "start_time": result.start_time,
         "resolution": result.resolution,
-        "metrics": {n: comparisons.name_of(f) for n, f in result.metrics.items()},
+        "metrics": [
+            {"name": n, "comparison": comparisons.name_of(f)} for n, f in result.metrics.items()
+        ],
         "completed": finished,
     }
     if finished:
@@ -230,19 +237,19 @@ def parse_experiment(doc_id: str, doc: Mapping[str, Any]) -> ExperimentInfo:
         phases = {}
         for name, p in doc.get("phases", {}).items():
             best = {
-                metric: {
+                str(b["metric"]): {
                     "best_index": int(b["best_index"]),
                     "best_value": _codec.decode(b["best_value"]),
-                    "best_function": b["best_function"],
+                    "best_function": str(b["best_function"]),
                 }
-                for metric, b in (p.get("best_steps") or {}).items()
+                for b in (p.get("best_steps") or [])
             }
             phases[name] = PhaseInfo(
                 start_time=_as_datetime(p.get("start_time")),
                 end_time=_as_datetime(p.get("end_time")),
                 completed=bool(p.get("completed", False)),
                 resolution=int(p.get("resolution", 1)),
-                metrics=dict(p.get("metrics") or {}),
+                metrics={str(m["name"]): str(m["comparison"]) for m in p.get("metrics") or []},
                 best_steps=best,
             )
     except CodecError as exc:

@@ -292,3 +292,20 @@ def test_flush_reports_permanent_failures_with_what_failed(tmp_path):
     assert ds.stats().failed == 1 and ds.stats().last_error
     ds.flush()  # already reported
     ds.close()
+
+
+@pytest.mark.parametrize("name", ["a.b", "__x__", "", "x`y", "with space", "ü"])
+def test_any_metric_name_round_trips_on_every_store(store_config, name):
+    result = TrainingResult("names", metrics={name: "max_by_layerwise_mean"})
+    with DataStorer([{"name": name, "save": True}], store_config) as ds:
+        ds.create_experiment(result)
+        for v in (1.0, 3.0, 2.0):
+            s = TrainingStepResult()
+            s.add_metric(name, v)
+            result.add_step(s)
+            ds.save_training_step("names", s)
+        result.mark_finished()
+        ds.save_training_result(result)
+    got = DataFetcher(store_config).get_training_result("names")
+    assert got.best_steps[name]["best_index"] == 1
+    assert [s.get_metric(name) for s in got.get_steps()] == [1.0, 3.0, 2.0]
