@@ -13,7 +13,8 @@ from ._exceptions import CodecError, ConfigError, NotFoundError, StorageError
 from ._fetcher import DataFetcher
 from ._recover import RecoverReport, recover
 from ._results import HPOResult, HPOStepResult, TrainingResult, TrainingStepResult
-from ._storer import DataStorer, StorerStats
+from ._engine import StorerStats
+from ._storer import DataStorer
 
 __version__ = "0.1.0"
 

@@ -29,11 +29,9 @@ from . import comparisons
 from ._config import SystemConfig
 from ._defaults import resolve_config
 from ._exceptions import StorageError
-from ._front import Front, saved_metric_names
+from ._engine import Engine, StorerStats
 from ._queue import Op
 from ._results import HPOResult, HPOStepResult, TrainingResult, TrainingStepResult
-from ._storer import StorerStats
-from ._wiring import build_writer, make_queue, open_journal
 
 log = logging.getLogger("asyncstore")
 
@@ -58,15 +56,13 @@ class AsyncDataStorer:
         config: Mapping[str, Any] | str | os.PathLike[str] | SystemConfig | None = None,
     ) -> None:
         self.config = resolve_config(config, "AsyncDataStorer")
-        self._front = Front(self.config, saved_metric_names(metric_config))
-        self._queue = make_queue(self.config)
-        self._journal = open_journal(self.config, own_thread=False)
-        self._writer = build_writer(self.config, self._queue, own_thread=False,
-                                    journal=self._journal)
+        self._engine = e = Engine(self.config, metric_config, own_thread=False)
+        self._front, self._queue, self._journal, self._writer = (
+            e.front, e.queue, e.journal, e.writer
+        )
         self._state = _State.UNOPENED
         self._tg: anyio.abc.TaskGroup | None = None
         self._writer_done: anyio.Event | None = None
-        self._reported = 0
         self._unstored_reported = False
         self._aclose_cut_short = False
         self._writer_scope: anyio.CancelScope | None = None
@@ -184,17 +180,11 @@ class AsyncDataStorer:
             delay = min(delay * 2, 0.05)
 
     def _raise_failures(self, target: int) -> None:
-        failures = self._writer.stats.failures
-        new = [text for seq, text in failures[self._reported :] if seq <= target]
-        if new:
-            self._reported = len(failures)
-            raise StorageError(f"{len(new)} operation(s) could not be stored", new)
+        self._engine.raise_failures(target)
 
     def stats(self) -> StorerStats:
-        q, s = self._queue, self._writer.stats
-        spilled = self._journal.evicted if self._journal is not None else 0
-        return StorerStats(q.accepted, s.written, q.pending, s.retried, s.failed, spilled,
-                           q.high_water, s.last_error)
+        """Counters, as ``DataStorer.stats()``."""
+        return self._engine.stats()
 
     async def _put(self, build: Any, *args: Any) -> None:
         await anyio.lowlevel.checkpoint_if_cancelled()

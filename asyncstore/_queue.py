@@ -68,6 +68,7 @@ class OpQueue:
         self.flush_target = 0  # the writer must not hold back ops up to this seq
         self.high_water = 0
         self.waits = 0  # how often a producer waited for room
+        self.waited = 0.0  # and for how long in all, in seconds
         self.closing = False
         self._waker: Callable[[], None] | None = None
 
@@ -88,12 +89,16 @@ class OpQueue:
             if self.full():
                 self.waits += 1
                 self._wake()  # let the writer know someone waits: flush what it holds
-                deadline = None if timeout is None else time.monotonic() + timeout
-                while self.full() and not self.closing:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise TimeoutError("the storage queue stayed full")
-                    self._cv.wait(left)
+                began = time.monotonic()
+                deadline = None if timeout is None else began + timeout
+                try:
+                    while self.full() and not self.closing:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            raise TimeoutError("the storage queue stayed full")
+                        self._cv.wait(left)
+                finally:
+                    self.waited += time.monotonic() - began
             return self._accept(op)
 
     def try_put(self, op: Op) -> int | None:

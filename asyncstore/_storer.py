@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import anyio
 
@@ -19,23 +19,11 @@ from . import _lifecycle, comparisons
 from ._config import SystemConfig, load_config
 from ._defaults import resolve_config, set_default
 from ._exceptions import StorageError
-from ._front import Front, saved_metric_names
+from ._engine import Engine, StorerStats
 from ._queue import Op
 from ._results import HPOResult, HPOStepResult, TrainingResult, TrainingStepResult
-from ._wiring import build_writer, make_queue, open_journal
 
 log = logging.getLogger("asyncstore")
-
-
-class StorerStats(NamedTuple):
-    accepted: int
-    written: int
-    pending: int
-    retried: int
-    failed: int
-    spilled: int
-    high_water: int
-    last_error: str | None
 
 
 def _lower_priority() -> None:
@@ -86,15 +74,13 @@ class DataStorer:
         config: Mapping[str, Any] | str | os.PathLike[str] | SystemConfig | None = None,
     ) -> None:
         self.config = resolve_config(config, "DataStorer")
-        self._front = Front(self.config, saved_metric_names(metric_config))
-        self._queue = make_queue(self.config)
-        self._journal = open_journal(self.config, own_thread=True)
-        self._writer = build_writer(self.config, self._queue, own_thread=True,
-                                    journal=self._journal)
+        self._engine = e = Engine(self.config, metric_config, own_thread=True)
+        self._front, self._queue, self._journal, self._writer = (
+            e.front, e.queue, e.journal, e.writer
+        )
         self._pid = os.getpid()
         self._closed = False
         self._close_lock = threading.Lock()
-        self._reported = 0  # failures already raised by flush()
         self._thread = threading.Thread(
             target=self._thread_main, name="asyncstore-writer", daemon=True
         )
@@ -150,11 +136,7 @@ class DataStorer:
                 )
 
     def _raise_failures(self, target: int) -> None:
-        failures = self._writer.stats.failures
-        new = [text for seq, text in failures[self._reported :] if seq <= target]
-        if new:
-            self._reported = len(failures)
-            raise StorageError(f"{len(new)} operation(s) could not be stored", new)
+        self._engine.raise_failures(target)
 
     def close(self, timeout: float | None = None) -> None:
         """Store everything accepted, then stop the writer. Safe to call twice.
@@ -197,17 +179,9 @@ class DataStorer:
             log.exception("closing the DataStorer after an error")
 
     def stats(self) -> StorerStats:
-        q, s = self._queue, self._writer.stats
-        return StorerStats(
-            accepted=q.accepted,
-            written=s.written,
-            pending=q.pending,
-            retried=s.retried,
-            failed=s.failed,
-            spilled=self._journal.evicted if self._journal is not None else 0,
-            high_water=q.high_water,
-            last_error=s.last_error,
-        )
+        """Counters: ``accepted, written, pending, retried, failed, spilled, high_water,
+        last_error``."""
+        return self._engine.stats()
 
     # ------------------------------------------------------------------ the seed's methods
 
