@@ -11,9 +11,10 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import _codec, _layout, _models, _sweeps
+from . import _codec, _layout, _models, _sweeps, _wandb
 from ._config import SystemConfig
 from ._queue import StepOp, WritesOp
+from ._wandb_data import active_run
 from ._results import HPOResult, HPOStepResult, TrainingResult, TrainingStepResult
 
 
@@ -47,6 +48,14 @@ class Front:
         self.saved = saved
         self._next: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()  # step numbering from several threads stays dense
+        self._wandb = config.wandb.resolved_mode != "disabled"
+
+    def _wandb_extra(self, event: str, experiment: str, **fields: Any) -> dict[str, Any]:
+        """What the W&B sink needs beyond the documents (``WritesOp.extra``): the event,
+        its experiment, the caller's active ``wandb.run`` if any (read, never called)."""
+        if not self._wandb:
+            return {}
+        return {"event": event, "experiment": experiment, "wandb_run": active_run(), **fields}
 
     def step(self, parent: str, result: TrainingStepResult, phase: str) -> StepOp:
         _layout.check_id(parent, "parent")
@@ -67,17 +76,21 @@ class Front:
         _layout.check_id(experiment.id, "experiment id")
         phase = experiment.result_type
         _layout.check_id(phase, "result_type")
+        write = _layout.experiment_write(experiment, phase, finished=False)
         return WritesOp(
-            f"experiment {experiment.id!r}",
-            [_layout.experiment_write(experiment, phase, finished=False)],
+            f"experiment {experiment.id!r}", [write],
+            extra=self._wandb_extra("experiment", experiment.id, phase=phase,
+                                    configs=write.fields.get("configs")),
         )
 
     def result(self, result: TrainingResult, phase: str) -> WritesOp:
         _check_result(result, TrainingResult, "result")
         _layout.check_id(result.id, "result id")
+        write = _layout.experiment_write(result, phase, finished=True)
         return WritesOp(
-            f"{phase} result of experiment {result.id!r}",
-            [_layout.experiment_write(result, phase, finished=True)],
+            f"{phase} result of experiment {result.id!r}", [write],
+            extra=self._wandb_extra("result", result.id, phase=phase,
+                                    configs=write.fields.get("configs")),
         )
 
     # ------------------------------------------------------------------ sweeps and models
@@ -94,8 +107,13 @@ class Front:
         _layout.check_id(parent, "parent")
         _check_result(result, HPOStepResult, "result")
         _layout.check_id(result.id, "trial id")
+        writes = _sweeps.trial_writes(parent, result)
+        hpo = writes[0].fields["hpo"]  # the trial's objective and configs, encoded once
         return WritesOp(
-            f"HPO trial {result.id!r} of sweep {parent!r}", _sweeps.trial_writes(parent, result)
+            f"HPO trial {result.id!r} of sweep {parent!r}", writes,
+            extra=self._wandb_extra("hpo_step", result.id, sweep=parent,
+                                    objective=hpo["objective"], configs=hpo["configs"],
+                                    total=hpo["total"]),
         )
 
     def hpo_result(self, result: HPOResult) -> WritesOp:
@@ -110,7 +128,11 @@ class Front:
         """``save_model``: the model and registry documents and the weights (encoded
         now: the state dict as it is at this call is what is stored)."""
         _layout.check_id(experiment, "experiment")
-        return WritesOp(
-            f"model of experiment {experiment!r}",
-            _models.model_writes(experiment, m, model_config),
-        )
+        artifact = _wandb.model_artifact(self.config.wandb, experiment)
+        writes = _models.model_writes(experiment, m, model_config, artifact=artifact)
+        extra = {}
+        if artifact is not None:
+            model = writes[0].fields  # the model document: its registry name and config
+            extra = self._wandb_extra("model", experiment, artifact=artifact["name"],
+                                      registry=model["registry_name"], config=model["config"])
+        return WritesOp(f"model of experiment {experiment!r}", writes, extra=extra)

@@ -2,7 +2,10 @@
 
 ``models/{experiment}-model``
     ``{"v": 1, "kind": "model", "id", "experiment", "registry_name", "config": <codec
-    bytes>, "saved_at", "weights": manifest}``. ``weights`` is there only in a store that
+    bytes>, "saved_at", "wandb_artifact", "weights": manifest}``. ``wandb_artifact`` says
+    where W&B keeps the model when a W&B sink is configured to (``{"name", "type":
+    "model", "alias": "latest", "project", "entity"}``; the W&B worker logs the artifact
+    by that name), else None. ``weights`` is there only in a store that
     keeps weights (``save_models``): ``{"format": "asyncstore-codec-1", "bytes",
     "digest": blake2b-256 hex of the payload, "chunks", "ids": [chunk document ids]}``.
 
@@ -80,10 +83,12 @@ def model_writes(
     m: Any,
     model_config: Mapping[str, Any] | None,
     saved_at: datetime | None = None,
+    artifact: Mapping[str, Any] | None = None,
 ) -> list[Write]:
     """Every write of ``save_model``, in commit order: the model and registry documents,
     the weight chunks, the manifest last. The state dict is encoded here, on the
     caller's thread: that copy is what is stored, whatever the model does next.
+    ``artifact``: where W&B keeps the model, recorded in the model document.
 
     :raises TypeError: ``m`` is not a model or state dict, or holds values the codec
         refuses; ``model_config`` is not a dict.
@@ -105,7 +110,8 @@ def model_writes(
     writes = [
         Write(MODELS, mid,
               {"v": LAYOUT_VERSION, "kind": "model", "id": mid, "experiment": experiment,
-               "registry_name": registry, "config": config_bytes, "saved_at": when},
+               "registry_name": registry, "config": config_bytes, "saved_at": when,
+               "wandb_artifact": dict(artifact) if artifact is not None else None},
               size=1024 + len(config_bytes)),
         Write(MODEL_REGISTRY, registry,
               {"v": LAYOUT_VERSION, "id": registry, "last_updated": when,
@@ -138,6 +144,7 @@ class ModelInfo:
     config: dict[str, Any]
     saved_at: datetime | None
     weights: dict[str, Any] | None  # the manifest, None when this store keeps no weights
+    wandb_artifact: dict[str, Any] | None = None  # where W&B keeps it, if it does
 
 
 def _bad(doc_id: str, why: str) -> CodecError:
@@ -181,6 +188,8 @@ def parse_model(doc_id: str, doc: Mapping[str, Any]) -> ModelInfo:
         config=config,
         saved_at=saved_at if isinstance(saved_at, datetime) else None,
         weights=manifest,
+        wandb_artifact=dict(artifact) if isinstance(artifact := doc.get("wandb_artifact"),
+                                                    Mapping) else None,
     )
 
 

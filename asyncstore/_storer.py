@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import anyio
 
-from . import _lifecycle, comparisons
+from . import _lifecycle, _wandb, comparisons
 from ._config import SystemConfig, load_config
 from ._defaults import resolve_config, set_default
 from ._exceptions import StorageError
@@ -215,7 +215,9 @@ class DataStorer:
         self._put(self._front.model(experiment, m, model_config))
 
     def create_artifact(self, content: dict[str, Any]) -> Any:
-        raise _not_yet("create_artifact")
+        """A ``wandb.Artifact`` holding ``content`` (as ``content.json``). Runs on the
+        caller's thread (importing wandb the first time); makes no network call."""
+        return _wandb.create_artifact(content)
 
     @contextlib.contextmanager
     def experiment(self, result: TrainingResult) -> Iterator[TrainingResult]:

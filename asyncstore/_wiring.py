@@ -12,6 +12,7 @@ from ._config import SystemConfig
 from ._queue import OpQueue
 from ._sinks import DocumentSink
 from ._spool import Journal, Spool
+from ._wandb import WandbSink
 from ._writer import RetryPolicy, Sink, Writer
 from .stores import open_store
 
@@ -21,7 +22,9 @@ log = logging.getLogger("asyncstore")
 def build_sinks(config: SystemConfig, *, own_thread: bool) -> list[Sink]:
     """The sinks of every write database. ``own_thread``: the writer has a thread to
     itself (DataStorer), so SQLite commits inline and Firestore uses its async client in
-    that thread's loop; otherwise (the caller's loop) both work in worker threads."""
+    that thread's loop; otherwise (the caller's loop) both work in worker threads.
+    W&B (unless ``wandb.mode`` resolves to ``disabled``) is one more sink, whose W&B
+    calls run in a worker process."""
     sinks: list[Sink] = []
     for db in config.database.write_databases:
         if db.data_resolution == 0:
@@ -32,6 +35,8 @@ def build_sinks(config: SystemConfig, *, own_thread: bool) -> list[Sink]:
         else:
             store.threaded = not own_thread
         sinks.append(DocumentSink(store, db.data_resolution))
+    if config.wandb.resolved_mode != "disabled":
+        sinks.append(WandbSink(config.wandb))
     return sinks
 
 

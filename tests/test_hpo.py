@@ -22,6 +22,7 @@ from asyncstore import (
     NotFoundError,
     TrainingResult,
     TrainingStepResult,
+    load_config,
 )
 from asyncstore._documents import HPO_RUNS, coalesce
 from asyncstore._front import Front
@@ -252,7 +253,7 @@ def test_bad_hpo_arguments_raise_at_the_call_and_queue_nothing(store_config):
 
 
 def test_trials_in_one_commit_become_one_write_of_the_sweep(tmp_path):
-    front = Front(None, frozenset())  # type: ignore[arg-type]
+    front = Front(load_config({"wandb": {"mode": "disabled"}}), frozenset())
     writes = front.hpo_sweep(HPOResult({}, "s", "s")).writes
     for k in range(10):
         trial = HPOStepResult("s", f"e{k}", {})
@@ -401,7 +402,7 @@ def test_eight_processes_write_trials_of_one_sweep_at_once(kind, request, tmp_pa
 def test_trial_and_sweep_operations_survive_the_spool_unchanged():
     from asyncstore._spool import op_from_bytes, op_to_bytes
 
-    front = Front(None, frozenset())  # type: ignore[arg-type]
+    front = Front(load_config({"wandb": {"mode": "disabled"}}), frozenset())
     trial = HPOStepResult("s", "e", {"lr": 0.5})
     trial.populate({"total": torch.tensor(0.25), "parts": [1, 2]}, None, None)
     for op in (front.hpo_sweep(HPOResult({"m": 1}, "s", "s")), front.hpo_step("s", trial),

@@ -13,7 +13,7 @@ import anyio
 import pytest
 import torch
 
-from asyncstore import CodecError, DataFetcher, DataStorer, NotFoundError
+from asyncstore import CodecError, DataFetcher, DataStorer, NotFoundError, load_config
 from asyncstore._documents import MODEL_REGISTRY, MODELS, Write
 from asyncstore._models import chunk_id, model_writes
 from asyncstore.stores import open_store
@@ -147,7 +147,7 @@ def test_a_store_with_save_models_off_keeps_the_documents_not_the_weights(
 
 
 def test_bad_model_arguments_raise_at_the_call_and_queue_nothing(tmp_path):
-    cfg = _config("local", None, tmp_path)  # type: ignore[arg-type]
+    cfg = _config("local", None, tmp_path)
     with DataStorer([], cfg) as ds:
         with pytest.raises(TypeError):
             ds.save_model("e", None)
@@ -158,7 +158,7 @@ def test_bad_model_arguments_raise_at_the_call_and_queue_nothing(tmp_path):
         with pytest.raises(TypeError):
             ds.save_model("e", {"w": object()})
         with pytest.raises(TypeError):
-            ds.save_model("e", {"w": torch.ones(1)}, "config")  # type: ignore[arg-type]
+            ds.save_model("e", {"w": torch.ones(1)}, "config")
         with pytest.raises(ValueError):
             ds.save_model("a/b", {"w": torch.ones(1)})
         with pytest.raises(ValueError):
@@ -235,7 +235,8 @@ def test_model_operations_survive_the_spool_unchanged():
     from asyncstore._front import Front
     from asyncstore._spool import op_from_bytes, op_to_bytes
 
-    op = Front(None, frozenset()).model("e", {"w": torch.ones(300_000)}, {"a": 1})  # type: ignore[arg-type]
+    front = Front(load_config({"wandb": {"mode": "disabled"}}), frozenset())
+    op = front.model("e", {"w": torch.ones(300_000)}, {"a": 1})
     back = op_from_bytes(op_to_bytes(op))
     assert back.writes == op.writes
     assert [w.model_weights for w in back.writes] == [False, False, True, True, True]
@@ -243,7 +244,7 @@ def test_model_operations_survive_the_spool_unchanged():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_a_model_on_the_gpu_stores_and_comes_back_on_the_cpu(tmp_path):
-    cfg = _config("local", None, tmp_path)  # type: ignore[arg-type]
+    cfg = _config("local", None, tmp_path)
     model = torch.nn.Linear(4, 4).cuda()
     want = {k: v.cpu() for k, v in model.state_dict().items()}
     with DataStorer([], cfg) as ds:
