@@ -8,11 +8,18 @@ served stale.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from . import comparisons
+from . import _catalog, comparisons
+from ._catalog import (
+    ExperimentListing,
+    ExperimentSummary,
+    Progress,
+    SweepListing,
+    SweepSummary,
+)
 from ._config import SystemConfig
 from ._defaults import resolve_config
 from ._documents import BATCHES, EXPERIMENTS, HPO_RUNS, MODELS
@@ -239,6 +246,61 @@ class DataFetcher:
             and (evaluation is None or (experiment_id, "evaluation") in self._cache)
         )
         return step, complete
+
+    # ------------------------------------------------------------------ browsing
+
+    def list_experiments(self) -> list[ExperimentListing]:
+        """Every experiment in the store, newest first: id, start and end time, phases
+        (completed or not), the sweep it is a trial of. Reads the experiment documents
+        only, never steps."""
+        return _catalog.list_experiments(self._store)
+
+    def list_sweeps(self) -> list[SweepListing]:
+        """Every HPO sweep in the store, newest first: id, name, times, completed, the
+        number of trials and the best one. Reads the sweep documents only."""
+        return _catalog.list_sweeps(self._store)
+
+    def get_experiment_summary(self, experiment_id: str) -> ExperimentSummary:
+        """An experiment's phases (step counts from the batches' metadata, times,
+        completion, best steps, the metrics its first step holds), configs and HPO trial
+        part, without reading every step.
+
+        :raises NotFoundError: no experiment has this id.
+        """
+        return _catalog.experiment_summary(self._store, experiment_id)
+
+    def get_sweep_summary(self, hpo_run_id: str) -> SweepSummary:
+        """A sweep with its trials ranked by objective (best first), each with its
+        objective and configs, without reading the trials' steps.
+
+        :raises NotFoundError: no sweep has this id.
+        """
+        return _catalog.sweep_summary(self._store, hpo_run_id)
+
+    def iter_steps(
+        self,
+        experiment_id: str,
+        result_type: str = "training",
+        *,
+        progress: Progress | None = None,
+    ) -> Iterator[TrainingStepResult]:
+        """The steps of one phase in order, read a few documents at a time: for an
+        experiment too large to hold at once, or to show progress. ``progress(done,
+        total)`` is called before the first read and after each one. A completed phase
+        already read comes from the cache.
+
+        :raises NotFoundError: no experiment has this id.
+        """
+        check_id(experiment_id, "experiment_id")
+        cached = self._cache.get((experiment_id, result_type))
+        if cached is not None:
+            steps = cached.get_steps()
+            if progress is not None:
+                progress(len(steps), len(steps))
+            yield from steps
+            return
+        for rec in _catalog.iter_records(self._store, experiment_id, result_type, progress):
+            yield step_from_record(rec)
 
     # ------------------------------------------------------------------ models
 
