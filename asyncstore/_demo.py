@@ -3,6 +3,7 @@ step, and what storing cost it."""
 
 from __future__ import annotations
 
+import glob
 import os
 import statistics
 import time
@@ -17,6 +18,7 @@ from ._fetcher import DataFetcher
 from ._results import TrainingResult
 from ._storer import DataStorer
 from ._synthetic import SparseyLike, metric_config
+from ._wandb_data import run_id
 
 
 def run_demo(
@@ -59,6 +61,10 @@ def run_demo(
                             configs={"model": {"macs": list(model.macs)}, "work_ms": work_ms})
     with DataStorer(metric_config(), cfg) as ds:
         ds.create_experiment(result)
+        t0 = time.perf_counter()
+        ds.flush()  # the W&B worker starts (imports torch and wandb) before the timing
+        if cfg.wandb.resolved_mode != "disabled":
+            click.echo(f"W&B worker process ready in {time.perf_counter() - t0:.1f} s")
         stored, saves = run(ds, result)
         result.mark_finished()
         ds.save_training_result(result)
@@ -90,6 +96,14 @@ def run_demo(
     if best is not None:
         click.echo(f"best match_accuracy at training step {best['best_index']}")
     click.echo(f"data lives in {where(cfg)}")
+    if cfg.wandb.resolved_mode != "disabled":
+        runs = sorted(glob.glob(os.path.join(cfg.wandb.dir or "wandb", "*-run-*-"
+                                             + run_id(exp_id))))
+        if runs:
+            run_dir = os.path.abspath(runs[-1])
+            click.echo(f"W&B ({cfg.wandb.resolved_mode}) run: {run_dir}")
+            if cfg.wandb.resolved_mode == "offline":
+                click.echo(f"upload it later with:  wandb sync {run_dir}")
     click.echo(f"look at it:  {command} show {exp_id}\n"
                f"             {command} plot {exp_id} --metric match_accuracy")
     return exp_id

@@ -172,18 +172,28 @@ def _emit_json(document: Any) -> None:
               help="Evaluation steps stored after training.")
 @click.option("--work-ms", default=1.0, show_default=True, type=click.FloatRange(0),
               help="Torch work per step, in milliseconds.")
+@click.option("--wandb/--no-wandb", "use_wandb", default=True, show_default=True,
+              help="Also log every step to an offline W&B run in ./wandb (without "
+                   "--config and ./system.yaml; a configuration file decides otherwise).")
 @click.pass_context
-def demo(ctx: click.Context, steps: int, eval_steps: int, work_ms: float) -> None:
+def demo(ctx: click.Context, steps: int, eval_steps: int, work_ms: float,
+         use_wandb: bool) -> None:
     """Run a small Sparsey-shaped training loop that stores every step, then read it back.
 
     Prints the steps stored, the time per step with and without storage, the hot-path
     cost of save_training_step, and where the data lives. Stores in ./asyncstore.db
-    unless --config or ./system.yaml says otherwise.
+    (and an offline W&B run in ./wandb) unless --config or ./system.yaml says otherwise.
     """
+    from ._config import load_config
     from ._demo import run_demo
 
     path = ctx.obj["config_path"]
-    run_demo(_config(path), steps=steps, eval_steps=eval_steps, work_ms=work_ms, where=_where,
+    if path is None and not Path("system.yaml").exists():
+        cfg = load_config({"wandb": {"mode": "offline" if use_wandb else "disabled",
+                                     "project_name": "asyncstore-demo"}})
+    else:
+        cfg = _config(path)
+    run_demo(cfg, steps=steps, eval_steps=eval_steps, work_ms=work_ms, where=_where,
              command="asyncstore" + (f" --config {path}" if path else ""))
 
 

@@ -35,6 +35,7 @@ from asyncstore._layout import group_writes, step_record
 from asyncstore._plot import Series, collect, draw
 
 from ._data import METRIC_CONFIG, nested, sparsey_step
+from ._wandb_reader import read_run, run_files
 
 N_TRAIN, N_EVAL = 120, 20
 TRIALS = {"trial-b": 0.7, "trial-a": 0.9, "trial-c": None}  # in the order they are saved
@@ -403,7 +404,7 @@ def test_system_yaml_in_the_folder_is_the_default(store, tmp_path):
 
 
 def test_demo_in_an_empty_folder_stores_and_reads_back(tmp_path):
-    proc = run_cli("demo", cwd=tmp_path, timeout=180)
+    proc = run_cli("demo", cwd=tmp_path, timeout=240)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     exp_id = re.search(r"experiment (demo-[0-9a-f]{8})", out).group(1)
@@ -413,6 +414,13 @@ def test_demo_in_an_empty_folder_stores_and_reads_back(tmp_path):
     assert re.search(r"save_training_step on the hot path: p50 \d+ us, p99 \d+ us", out)
     assert f"data lives in {tmp_path / 'asyncstore.db'}" in out
     assert proc.stderr == ""
+    # ... and every training step went to an offline W&B run in ./wandb, in order.
+    assert re.search(rf"W&B \(offline\) run: {re.escape(str(tmp_path / 'wandb'))}\S*{exp_id}",
+                     out)
+    [run_file] = run_files(tmp_path / "wandb")
+    rows = [r for r in read_run(run_file).history if "match_accuracy" in r]
+    assert [r["_step"] for r in rows] == list(range(500))
+    assert "match_accuracy/layer_1/mac_3" in rows[0]
     # What it prints next works.
     shown = json.loads(run_cli("show", exp_id, "--json", cwd=tmp_path).stdout)
     assert shown["phases"]["training"]["steps"] == 500
