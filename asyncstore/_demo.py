@@ -97,8 +97,10 @@ def run_demo(
         click.echo(f"best match_accuracy at training step {best['best_index']}")
     click.echo(f"data lives in {where(cfg)}")
     if cfg.wandb.resolved_mode != "disabled":
-        runs = sorted(glob.glob(os.path.join(cfg.wandb.dir or "wandb", "*-run-*-"
-                                             + run_id(exp_id))))
+        base = cfg.wandb.dir or os.environ.get("WANDB_DIR") or "."
+        pattern = "*-run-*-" + run_id(exp_id)  # wandb keeps runs in BASE/wandb/
+        runs = sorted(glob.glob(os.path.join(base, "wandb", pattern))
+                      + glob.glob(os.path.join(base, pattern)))
         if runs:
             run_dir = os.path.abspath(runs[-1])
             click.echo(f"W&B ({cfg.wandb.resolved_mode}) run: {run_dir}")

@@ -41,6 +41,19 @@ class EmulatorHandle(Protocol):
     def reset(self, project: str) -> None: ...
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _wandb_files_in_a_temporary_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Storers whose config leaves W&B on (offline, the default without an API key) write
+    their runs and wandb's caches under a temporary folder, never in the checkout or
+    the home directory. Tests about W&B set their own folders."""
+    root = tmp_path_factory.mktemp("wandb")
+    for var in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR",
+                "WANDB_ARTIFACT_DIR"):
+        path = root / var.lower()
+        path.mkdir()
+        os.environ.setdefault(var, str(path))
+
+
 @pytest.fixture(scope="session")
 def firestore_emulator() -> Iterator[EmulatorHandle]:
     host = os.environ.get("FIRESTORE_EMULATOR_HOST", "").strip()

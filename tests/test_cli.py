@@ -43,9 +43,11 @@ CLI = [sys.executable, "-m", "asyncstore.cli"]
 
 
 def run_cli(*args: str, cwd: Path, config: Path | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+            timeout: float = 120, env: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess[str]:
     argv = [*CLI, *(["--config", str(config)] if config else []), *args]
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env)
 
 
 def fill(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -404,7 +406,8 @@ def test_system_yaml_in_the_folder_is_the_default(store, tmp_path):
 
 
 def test_demo_in_an_empty_folder_stores_and_reads_back(tmp_path):
-    proc = run_cli("demo", cwd=tmp_path, timeout=240)
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_DIR"}  # as a user has it
+    proc = run_cli("demo", cwd=tmp_path, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     exp_id = re.search(r"experiment (demo-[0-9a-f]{8})", out).group(1)
