@@ -187,6 +187,7 @@ class TableNames(_Model):
     batches: str = "batches"
     models: str = "models"
     model_registry: str = "model_registry"
+    blobs: str = "blobs"
 
     @field_validator("*")
     @classmethod

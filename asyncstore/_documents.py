@@ -19,6 +19,7 @@ HPO_RUNS = "hpo_runs"
 BATCHES = "batches"
 MODELS = "models"
 MODEL_REGISTRY = "model_registry"
+BLOBS = "blobs"  # values too large for their document (see _blobs.py)
 
 
 @dataclass(frozen=True, slots=True)

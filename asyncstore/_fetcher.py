@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import _catalog, comparisons
+from ._blobs import ResolvingReader
 from ._catalog import (
     ExperimentListing,
     ExperimentSummary,
@@ -46,7 +47,7 @@ class DataFetcher:
         self, config: Mapping[str, Any] | str | os.PathLike[str] | SystemConfig | None = None
     ) -> None:
         self.config = resolve_config(config, "DataFetcher")
-        self._store = open_store(self.config.read_db)
+        self._store = ResolvingReader(open_store(self.config.read_db))
         self._cache: dict[tuple[str, str], TrainingResult] = {}
         self._sweeps: dict[str, HPOResult] = {}  # completed sweeps whose trials are too
 

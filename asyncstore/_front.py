@@ -11,8 +11,9 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import _codec, _layout, _models, _sweeps, _wandb
+from . import _blobs, _codec, _layout, _models, _sweeps, _wandb
 from ._config import SystemConfig
+from ._documents import Write
 from ._queue import StepOp, WritesOp
 from ._wandb_data import active_run
 from ._results import HPOResult, HPOStepResult, TrainingResult, TrainingStepResult
@@ -35,6 +36,11 @@ def saved_metric_names(metric_config: Iterable[Mapping[str, Any]]) -> frozenset[
         if save:
             names.add(entry["name"])
     return frozenset(names)
+
+
+def _writes_op(what: str, writes: list[Write], extra: dict[str, Any] | None = None) -> WritesOp:
+    """The op of writes, with values too large for their document moved beside it."""
+    return WritesOp(what, _blobs.externalize(writes), extra=extra or {})
 
 
 def _check_result(result: object, cls: type, what: str) -> None:
@@ -77,7 +83,7 @@ class Front:
         phase = experiment.result_type
         _layout.check_id(phase, "result_type")
         write = _layout.experiment_write(experiment, phase, finished=False)
-        return WritesOp(
+        return _writes_op(
             f"experiment {experiment.id!r}", [write],
             extra=self._wandb_extra("experiment", experiment.id, phase=phase,
                                     configs=write.fields.get("configs")),
@@ -87,7 +93,7 @@ class Front:
         _check_result(result, TrainingResult, "result")
         _layout.check_id(result.id, "result id")
         write = _layout.experiment_write(result, phase, finished=True)
-        return WritesOp(
+        return _writes_op(
             f"{phase} result of experiment {result.id!r}", [write],
             extra=self._wandb_extra("result", result.id, phase=phase,
                                     configs=write.fields.get("configs")),
@@ -99,7 +105,7 @@ class Front:
         """``create_hpo_sweep``: the sweep's document (name, start time, configs)."""
         _check_result(sweep, HPOResult, "sweep")
         _layout.check_id(sweep.id, "sweep id")
-        return WritesOp(f"HPO sweep {sweep.id!r}", [_sweeps.sweep_write(sweep)])
+        return _writes_op(f"HPO sweep {sweep.id!r}", [_sweeps.sweep_write(sweep)])
 
     def hpo_step(self, parent: str, result: HPOStepResult) -> WritesOp:
         """``save_hpo_step``: the trial's objective and configs on its experiment, and its
@@ -109,7 +115,7 @@ class Front:
         _layout.check_id(result.id, "trial id")
         writes = _sweeps.trial_writes(parent, result)
         hpo = writes[0].fields["hpo"]  # the trial's objective and configs, encoded once
-        return WritesOp(
+        return _writes_op(
             f"HPO trial {result.id!r} of sweep {parent!r}", writes,
             extra=self._wandb_extra("hpo_step", result.id, sweep=parent,
                                     objective=hpo["objective"], configs=hpo["configs"],
@@ -120,7 +126,7 @@ class Front:
         """``save_hpo_result``: end time, completion, best run, runs by objective."""
         _check_result(result, HPOResult, "result")
         _layout.check_id(result.id, "sweep id")
-        return WritesOp(f"HPO result of sweep {result.id!r}", [_sweeps.result_write(result)])
+        return _writes_op(f"HPO result of sweep {result.id!r}", [_sweeps.result_write(result)])
 
     def model(
         self, experiment: str, m: Any, model_config: Mapping[str, Any] | None = None
@@ -135,4 +141,4 @@ class Front:
             model = writes[0].fields  # the model document: its registry name and config
             extra = self._wandb_extra("model", experiment, artifact=artifact["name"],
                                       registry=model["registry_name"], config=model["config"])
-        return WritesOp(f"model of experiment {experiment!r}", writes, extra=extra)
+        return _writes_op(f"model of experiment {experiment!r}", writes, extra)

@@ -309,3 +309,72 @@ def test_any_metric_name_round_trips_on_every_store(store_config, name):
     got = DataFetcher(store_config).get_training_result("names")
     assert got.best_steps[name]["best_index"] == 1
     assert [s.get_metric(name) for s in got.get_steps()] == [1.0, 3.0, 2.0]
+
+
+def _doc_bytes(value: Any) -> int:
+    """About what Firestore counts for a document: its strings and bytes, 8 a scalar."""
+    if isinstance(value, (bytes, str)):
+        return len(value) + 1
+    if isinstance(value, dict):
+        return sum(len(k) + 1 + _doc_bytes(v) for k, v in value.items())
+    if isinstance(value, list):
+        return sum(_doc_bytes(v) for v in value)
+    return 8
+
+
+def test_results_sweeps_and_models_with_values_over_1_mib_store_on_every_store(store_config):
+    """Best values, configs, HPO objectives and model configs as large as a step's
+    tensors: each would be a field over Firestore's 1 MiB, so each is stored beside its
+    document and comes back equal, and no stored document reaches 1 MiB."""
+    from asyncstore import HPOResult, HPOStepResult
+    from asyncstore._config import load_config
+    from asyncstore._documents import (
+        BATCHES, BLOBS, EXPERIMENTS, HPO_RUNS, MODEL_REGISTRY, MODELS,
+    )
+    from asyncstore.stores import open_store
+
+    store_config["database"]["write_databases"][0]["save_models"] = True
+    big = torch.arange(3 * 1024 * 1024, dtype=torch.float32).reshape(1024, 3072)  # 12 MiB
+    configs = {"init": np.arange(400_000, dtype=np.int64), "lr": 0.1}  # 3.2 MB
+    train = TrainingResult("huge", metrics={"w": "max_by_layerwise_mean"}, configs=configs)
+    evaluation = TrainingResult("huge", "evaluation", metrics={"w": "max_by_layerwise_mean"})
+    trial = HPOStepResult("sweep-huge", "huge", configs={"grid": big[:300]})  # 3.7 MB
+    with DataStorer([{"name": "w", "save": True}], store_config) as ds:
+        ds.create_hpo_sweep(HPOResult({"space": big[:200]}, "sweep-huge", "big"))
+        ds.create_experiment(train)
+        for k in range(2):
+            s = TrainingStepResult()
+            s.add_metric("w", big + k)
+            train.add_step(s)
+            ds.save_training_step("huge", s)
+            evaluation.add_step(s)
+            ds.save_evaluation_step("huge", s)
+        train.mark_finished()
+        evaluation.mark_finished()
+        ds.save_training_result(train)
+        ds.save_evaluation_result(evaluation)
+        trial.populate({"total": 0.5, "map": big[:100]}, train, evaluation)
+        ds.save_hpo_step("sweep-huge", trial)
+        ds.save_model("huge", {"w": big[:10]}, {"model_name": "huge-net", "table": big[:150]})
+    fetcher = DataFetcher(store_config)
+    got = fetcher.get_training_result("huge")
+    assert got.best_steps["w"]["best_index"] == 1
+    assert_same(got.best_steps["w"]["best_value"], big + 1)
+    assert_same(got.get_configs(), configs)
+    assert_same(fetcher.get_evaluation_result("huge").best_steps["w"]["best_value"], big + 1)
+    got_trial = fetcher.get_hpo_step_result("sweep-huge", "huge")
+    assert_same(got_trial.get_objective(), {"total": 0.5, "map": big[:100]})
+    assert_same(got_trial.configs, {"grid": big[:300]})
+    sweep = fetcher.get_hpo_result("sweep-huge")
+    assert_same(sweep.configs, {"space": big[:200]})
+    assert sweep.best_run is not None and sweep.best_run.id == "huge"
+    assert_same(fetcher.get_model_weights("huge-model")["w"], big[:10])
+
+    raw = open_store(load_config(store_config).read_db)
+    sizes = {
+        table: max((_doc_bytes(doc) for _, doc in raw.query(table, {})), default=0)
+        for table in (EXPERIMENTS, HPO_RUNS, MODELS, MODEL_REGISTRY, BATCHES, BLOBS)
+    }
+    raw.close()
+    assert max(sizes.values()) < 1024 * 1024, sizes
+    assert sizes[EXPERIMENTS] < 100_000, sizes  # the big values live beside it
