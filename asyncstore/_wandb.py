@@ -204,13 +204,23 @@ class WandbSink:
                 acc[0] += total
                 acc[1] += count
         if not reply.get("ok"):
+            if reply.get("restart"):
+                await anyio.to_thread.run_sync(self._worker.restart, abandon_on_cancel=True)
             raise WandbError(str(reply.get("error")), bool(reply.get("transient")))
 
     def is_transient(self, exc: BaseException) -> bool:
         return isinstance(exc, WandbError) and exc.transient
 
     async def aclose(self) -> None:
-        await anyio.to_thread.run_sync(self._worker.close, CLOSE_TIMEOUT)
+        try:
+            await anyio.to_thread.run_sync(
+                self._worker.close, CLOSE_TIMEOUT, abandon_on_cancel=True
+            )
+        except anyio.get_cancelled_exc_class():
+            # Cut short (a hung worker, a caller's bound): kill the worker rather than
+            # wait; the thread left behind then fails at once on the closed socket.
+            self._worker.abort()
+            raise
 
 
 # --------------------------------------------------------------------------- the process
@@ -324,6 +334,11 @@ class _Worker:
             log.warning("the W&B worker did not stop in time; killed it")
         self._kill()
 
+    def restart(self) -> None:
+        """Stop the worker (finishing its runs); the next exchange starts a new one."""
+        with self._lock:
+            self._stop(CLOSE_TIMEOUT)
+
     def close(self, timeout: float) -> None:
         """Finish the runs and stop the worker (killed if it takes over ``timeout``)."""
         locked = self._lock.acquire(timeout=timeout)
@@ -335,6 +350,11 @@ class _Worker:
             self._kill()
             if locked:
                 self._lock.release()
+
+    def abort(self) -> None:
+        """Stop the worker now, from any thread, whatever exchange is in flight."""
+        self._closed = True
+        self._kill()
 
     def _kill(self) -> None:
         proc, sock = self._proc, self._sock

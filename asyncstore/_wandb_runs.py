@@ -60,6 +60,7 @@ class Worker:
         self._runs: OrderedDict[str, _Entry] = OrderedDict()
         self._attached: dict[str, Any] = {}
         self._configs: dict[str, dict[str, Any]] = {}
+        self.needs_restart = False
         if settings.get("dir"):
             os.makedirs(settings["dir"], exist_ok=True)  # else wandb falls back to /tmp
 
@@ -81,7 +82,8 @@ class Worker:
                 self._event(event, totals, added)
             except Exception as exc:  # noqa: BLE001 - reported to the parent, which retries
                 return {"ok": False, "done": done, "error": _short(exc),
-                        "transient": self._transient(exc), "eval": totals}
+                        "transient": self._transient(exc), "eval": totals,
+                        "restart": self.needs_restart}
             _merge(totals, added)
         return {"ok": True, "done": len(events), "error": None, "transient": False,
                 "eval": totals}
@@ -173,7 +175,7 @@ class Worker:
         if self.settings["mode"] == "online":
             entry.run.link_artifact(artifact, target)
         else:
-            self.info(f"W&B: model artifact {name!r} of experiment {ev['exp']!r} was logged "
+            self.warn(f"W&B: model artifact {name!r} of experiment {ev['exp']!r} was logged "
                       f"offline and not linked to the registry ({target}): upload the run "
                       "with `wandb sync`, then link the artifact")
 
@@ -216,6 +218,16 @@ class Worker:
         return run
 
     def _start(self, experiment: str) -> Any:
+        try:
+            return self._init(experiment)
+        except Exception:
+            # wandb's service keeps a run that failed to start (an unreachable server):
+            # a retry in this process would fail with "run ID is in use", so the
+            # parent replaces this process before it tries again.
+            self.needs_restart = True
+            raise
+
+    def _init(self, experiment: str) -> Any:
         s = self.settings
         return self.wandb.init(
             project=s["project"], entity=s["entity"], dir=s["dir"], mode=s["mode"],

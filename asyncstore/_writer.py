@@ -12,6 +12,7 @@ thread (``DataStorer``) or as a task of the caller's event loop (``AsyncDataStor
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -31,6 +32,8 @@ from ._spool import Journal
 log = logging.getLogger("asyncstore")
 
 GROUP_BYTES = 3 * _layout.CHUNK_BYTES  # a run of steps closes at three full documents
+# Seconds each sink may take to close once the caller has cut the writer short.
+HURRIED_CLOSE = 2.0
 
 
 @dataclass(eq=False)
@@ -61,7 +64,9 @@ class Sink(Protocol):
 
     def is_transient(self, exc: BaseException) -> bool: ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Finish and release the sink. May be cancelled (after ``HURRIED_CLOSE``
+        seconds, when the caller cut the writer short): it must then let go at once."""
 
 
 class RetryPolicy(NamedTuple):
@@ -303,6 +308,7 @@ class Writer:
         lanes = [_Lane(self, s) for s in self.sinks]
         self._event = anyio.Event()
         self.queue.set_waker(self._make_waker())
+        cut_short = False
         try:
             async with anyio.create_task_group() as tg:
                 for lane in lanes:
@@ -315,18 +321,26 @@ class Writer:
             if self.journal is not None:
                 await self.journal.sync()
         except BaseException as exc:
-            if not isinstance(exc, anyio.get_cancelled_exc_class()):
+            cut_short = isinstance(exc, anyio.get_cancelled_exc_class())
+            if not cut_short:
                 self.stats.fatal = exc
                 log.exception("asyncstore writer stopped by an unexpected error")
             raise
         finally:
             self.queue.set_waker(None)
             for sink in self.sinks:
-                with anyio.CancelScope(shield=True):
+                # Shielded, so a sink finishes cleanly; but when the caller cut the
+                # writer short, only briefly: its bound on the wait is the caller's.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(
+                    HURRIED_CLOSE if cut_short else math.inf
+                ) as scope:
                     try:
                         await sink.aclose()
                     except Exception:
                         log.warning("closing sink %s failed", sink.name, exc_info=True)
+                if scope.cancelled_caught:
+                    log.warning("closing sink %s took over %.0f s; abandoned it",
+                                sink.name, HURRIED_CLOSE)
 
     def _make_waker(self) -> Callable[[], None]:
         import threading

@@ -7,6 +7,7 @@ lane, a worker that dies, a parent that dies, and the API key written nowhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -197,7 +198,8 @@ def test_an_offline_run_holds_every_step_summary_objective_and_model(
         store.close()
     assert doc is not None and doc["wandb_artifact"]["name"] == "exp-wb-model"
     assert doc["wandb_artifact"]["project"] == "asyncstore-tests"
-    assert any("not linked to the registry" in r.getMessage() for r in caplog.records)
+    assert any("not linked to the registry" in r.getMessage() for r in caplog.records
+               if r.levelno == logging.WARNING)  # shown by Python's default logging
 
     # the document store got everything too; W&B printed nothing on the caller's stdout
     assert len(DataFetcher(config(tmp)).get_training_result("exp-wb").get_steps()) == 8
@@ -338,6 +340,47 @@ def test_a_worker_that_dies_is_replaced(wandb_env: Path,
     assert first == list(range(len(first)))
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_bound_on_aclose_holds_even_with_a_hung_wandb_worker(wandb_env: Path,
+                                                               backend: str) -> None:
+    """The caller's move_on_after bounds aclose: a W&B worker that hangs (SIGSTOP) is
+    given a moment, then killed; the document store has every step meanwhile."""
+    import anyio
+
+    cfg = config(wandb_env)
+    rng = np.random.default_rng(8)
+
+    async def main() -> tuple[float, int]:
+        procs = []
+        try:
+            async with AsyncDataStorer(METRIC_CONFIG, cfg) as store:
+                for i in range(3):
+                    await store.save_training_step("exp-hung", sparsey_step(i, rng))
+                await store.flush()
+                [sink] = [s for s in store._writer.sinks if isinstance(s, WandbSink)]
+                proc = sink._worker._proc
+                assert proc is not None
+                procs.append(proc)
+                os.kill(proc.pid, signal.SIGSTOP)
+                for i in range(3, 10):
+                    await store.save_training_step("exp-hung", sparsey_step(i, rng))
+                start = time.monotonic()
+                with anyio.move_on_after(1.0) as scope:
+                    await store.aclose()
+                assert scope.cancelled_caught
+            return time.monotonic() - start, proc.wait(5)
+        finally:
+            for p in procs:  # never leave a stopped process behind a failed test
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGCONT)
+
+    took, code = anyio.run(main, backend=backend)
+    assert took < 1.0 + 2.0 + 2.0, took  # the bound, HURRIED_CLOSE, slack
+    assert code == -signal.SIGKILL  # the hung worker was killed, not waited for
+    steps = DataFetcher(cfg).get_training_result("exp-hung").get_steps()
+    assert len(steps) == 10
+
+
 def test_the_worker_stops_when_its_parent_dies(wandb_env: Path) -> None:
     script = textwrap.dedent(PRELUDE) + textwrap.dedent("""
     ds = DataStorer([{"name": "loss", "save": True}], CFG)
@@ -389,6 +432,48 @@ def test_the_api_key_is_written_nowhere(wandb_env: Path, monkeypatch: pytest.Mon
             assert SENTINEL.encode() not in f.read()  # offline: the worker never has it
     written = [p for p in wandb_env.rglob("*") if p.is_file()]
     assert any(p.suffix == ".wandb" for p in written) and len(written) > 5
+    for path in written:
+        assert SENTINEL.encode() not in path.read_bytes(), path
+    captured = capfd.readouterr()
+    assert SENTINEL not in captured.out + captured.err + caplog.text
+
+
+def test_an_online_run_writes_the_api_key_nowhere_and_a_dead_server_fails_its_lane_only(
+    wandb_env: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Online, the worker must hand the key to wandb; no file wandb or asyncstore writes
+    (logs, settings, a netrc in $HOME) and no log line may hold it. The server here is a
+    closed port: each try to start the run fails, the worker is replaced before the
+    retry (so the error stays the network's), and the document store has everything."""
+    caplog.set_level(logging.DEBUG)
+    home = wandb_env / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("MY_WANDB_KEY", SENTINEL)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # discard: refused
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "5")
+    cfg = config(wandb_env, mode="online", api_key="MY_WANDB_KEY")
+    cfg["writer"]["retry"] = {"attempts": 2, "initial": 0.05}
+    rng = np.random.default_rng(12)
+    ds = DataStorer(METRIC_CONFIG, cfg)
+    ds.create_experiment(TrainingResult("exp-online", configs={"lr": 1}))
+    for i in range(3):
+        ds.save_training_step("exp-online", sparsey_step(i, rng))
+    [sink] = [s for s in ds._writer.sinks if isinstance(s, WandbSink)]
+    deadline = time.monotonic() + 60
+    while sink._worker._proc is None:  # the worker, started by the first commit
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with open(f"/proc/{sink._worker._proc.pid}/environ", "rb") as f:
+        assert SENTINEL.encode() in f.read()  # online: wandb was given the key
+    with pytest.raises(StorageError) as info:
+        ds.close(timeout=120)
+    assert info.value.failures and all("store 'wandb'" in t for t in info.value.failures)
+    assert not any("in use" in t for t in info.value.failures), info.value.failures
+    assert len(DataFetcher(cfg).get_training_result("exp-online").get_steps()) == 3
+    written = [p for p in wandb_env.rglob("*") if p.is_file()]
+    assert any("debug" in p.name for p in written)  # wandb did write its logs
     for path in written:
         assert SENTINEL.encode() not in path.read_bytes(), path
     captured = capfd.readouterr()
