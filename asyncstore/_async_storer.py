@@ -17,6 +17,7 @@ import contextlib
 import enum
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -195,10 +196,14 @@ class AsyncDataStorer:
             self._queue.waits += 1
             self._queue.request_flush()
             delay = 0.001
-            while self._queue.full():
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 0.05)
-                self._check_open()
+            began = time.monotonic()
+            try:
+                while self._queue.full():
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+                    self._check_open()
+            finally:
+                self._queue.waited += time.monotonic() - began
         op: Op = build(*args)
         # No await between building and queueing: nothing else in this loop can take
         # the room we just saw.

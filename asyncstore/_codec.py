@@ -38,6 +38,7 @@ from typing import Any
 
 import msgpack
 import numpy as np
+import numpy.ma  # numpy imports it lazily; here, before any writer thread can
 import torch
 
 from ._exceptions import CodecError

@@ -21,6 +21,8 @@ class StorerStats(NamedTuple):
     spilled: int
     high_water: int
     last_error: str | None
+    blocked: int = 0  # saves that found the queue full and waited for room (on_full: block)
+    blocked_seconds: float = 0.0  # how long they waited, in all
 
 
 class Engine:
@@ -46,6 +48,8 @@ class Engine:
             spilled=self.journal.evicted if self.journal is not None else 0,
             high_water=q.high_water,
             last_error=s.last_error,
+            blocked=q.waits,
+            blocked_seconds=q.waited,
         )
 
     def raise_failures(self, target: int) -> None:

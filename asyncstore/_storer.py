@@ -15,6 +15,12 @@ from typing import Any, ClassVar
 
 import anyio
 
+# The writer thread's event loop backend, imported here on the caller's thread: imported
+# lazily by anyio.run in the writer thread, a fork during that import (a DataLoader
+# started right after the storer) left the child a half-initialized module, and every
+# storer the child made had a dead writer.
+import anyio._backends._asyncio
+
 from . import _lifecycle, _wandb, comparisons
 from ._config import SystemConfig, load_config
 from ._defaults import resolve_config, set_default
@@ -93,8 +99,10 @@ class DataStorer:
         _lower_priority()
         try:
             anyio.run(self._writer.run)
-        except BaseException:  # noqa: BLE001, S110 - recorded in writer.stats.fatal, logged there
-            pass
+        except BaseException as exc:  # noqa: BLE001 - reported by flush()/close()
+            if self._writer.stats.fatal is None:  # the loop failed before the writer ran
+                self._writer.stats.fatal = exc
+                log.error("asyncstore: the writer could not start: %r", exc)
 
     def _check_usable(self) -> None:
         if os.getpid() != self._pid:
@@ -180,7 +188,7 @@ class DataStorer:
 
     def stats(self) -> StorerStats:
         """Counters: ``accepted, written, pending, retried, failed, spilled, high_water,
-        last_error``."""
+        last_error, blocked, blocked_seconds``."""
         return self._engine.stats()
 
     # ------------------------------------------------------------------ the seed's methods

@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from asyncstore import TrainingStepResult
+from asyncstore import DataFetcher, TrainingStepResult
+from asyncstore._documents import BATCHES
 
 LAYERS = (16, 11, 7)  # MACs per layer: ragged
+MACS = 16  # per layer, for the metric with a ragged list per MAC
 METRIC_CONFIG = [
     {"name": "basis_set_size", "save": True},
     {"name": "feature_coverage", "save": True},
@@ -20,6 +22,7 @@ METRIC_CONFIG = [
     {"name": "input_counts", "save": True},
     {"name": "maybe", "save": True},
     {"name": "basis_average", "save": True},
+    {"name": "mac_inputs", "save": True},
     {"name": "not_saved", "save": False},
 ]
 
@@ -56,6 +59,9 @@ def sparsey_step(i: int, rng: np.random.Generator) -> TrainingStepResult:
     )
     step.add_metric("maybe", None if i % 3 == 0 else float("nan") if i % 3 == 1 else i * 0.5)
     step.add_metric("basis_average", torch.from_numpy(rng.random((3, 4)).astype(np.float32)))
+    # 3 layers x 16 MACs, each MAC a list of its own length (empty included)
+    step.add_metric("mac_inputs", [[[int(x) for x in rng.integers(0, 99, rng.integers(0, 7))]
+                                    for _ in range(MACS)] for _ in range(3)])
     step.add_metric("not_saved", object())  # never stored: metric_config says save: false
     step.mark_finished()
     return step
@@ -98,3 +104,13 @@ def assert_same(a: Any, b: Any, path: str = "value") -> None:
 def saved_metrics(step: TrainingStepResult) -> dict[str, Any]:
     saved = {m["name"] for m in METRIC_CONFIG if m["save"]}
     return {k: v for k, v in step.get_metrics().items() if k in saved}
+
+
+def physical_step_count(cfg: dict[str, Any], exp: str, phase: str = "training") -> int:
+    """Steps as stored in documents, duplicates included (the fetcher hides them: it
+    takes each step index once)."""
+    fetcher = DataFetcher(cfg)
+    docs = fetcher._store.query(BATCHES, {"experiment": exp, "phase": phase},
+                                fields=["first", "count", "chunk"])
+    fetcher.close()
+    return sum(d["count"] for _, d in docs if d["chunk"] == 0)

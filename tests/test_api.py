@@ -56,7 +56,7 @@ def test_stats_is_an_immutable_record_and_close_is_idempotent(tmp_path):
     ds.close()
     st = ds.stats()
     assert st._fields == ("accepted", "written", "pending", "retried", "failed", "spilled",
-                          "high_water", "last_error")
+                          "high_water", "last_error", "blocked", "blocked_seconds")
     assert (st.accepted, st.written, st.pending, st.failed) == (5, 5, 0, 0)
     with pytest.raises(AttributeError):
         st.accepted = 3  # type: ignore[misc]

@@ -367,7 +367,7 @@ def test_bad_input_is_one_line_and_exit_1(store, tmp_path):
     line = one_error_line(run_cli("plot", "exp-1", "-m", "nope", cwd=folder, config=cfg))
     assert line == ("Error: experiment 'exp-1' has no metric 'nope'; its steps hold: "
                     "activations, basis_average, basis_set_size, feature_coverage, "
-                    "input_counts, match_accuracy, maybe")
+                    "input_counts, mac_inputs, match_accuracy, maybe")
     line = one_error_line(run_cli("show", "a/b", cwd=folder, config=cfg))
     assert "must not contain '/'" in line
     line = one_error_line(run_cli("plot", "exp-1", "-m", "activations", "-o",

@@ -23,7 +23,7 @@ from asyncstore import (
     comparisons,
 )
 
-from ._data import METRIC_CONFIG, assert_same, saved_metrics, sparsey_step
+from ._data import METRIC_CONFIG, assert_same, physical_step_count, saved_metrics, sparsey_step
 from ._portal import storer_factory
 
 
@@ -226,26 +226,46 @@ def test_tensor_changed_in_place_after_save_is_stored_as_it_was(make_storer, sto
     assert [s.get_metric("w").tolist() for s in steps] == [[float(i)] * 4 for i in range(3)]
 
 
+FORKED = """
+import os, sys
+from asyncstore import DataStorer, TrainingStepResult
+ds = DataStorer([{"name": "x", "save": True}], CONFIG)
+for i in range(100):
+    s = TrainingStepResult()
+    s.add_metric("x", i)
+    ds.save_training_step("forky", s)
+pid = os.fork()
+if pid == 0:  # a child, as a DataLoader worker is: the parent's storer is not its own
+    try:
+        ds.save_training_step("forky", TrainingStepResult())
+        sys.exit(4)
+    except RuntimeError as exc:
+        if "forked child" not in str(exc):
+            sys.exit(5)
+    # a child storer of its own works
+    with DataStorer([{"name": "x", "save": True}], CONFIG) as mine:
+        s = TrainingStepResult()
+        s.add_metric("x", -1)
+        mine.save_training_step("child-own", s)
+    sys.exit(0)  # a normal exit: atexit runs, and must write nothing of the parent's
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+ds.close()
+"""
+
+
 def test_forked_child_cannot_use_the_parents_storer_and_nothing_is_written_twice(
     store_config,
 ):
-    with DataStorer([{"name": "x", "save": True}], store_config) as ds:
-        for i in range(100):
-            s = TrainingStepResult()
-            s.add_metric("x", i)
-            ds.save_training_step("forky", s)
-        pid = os.fork()
-        if pid == 0:  # the child: a clear error, and its exit writes nothing
-            code = 3
-            try:
-                ds.save_training_step("forky", TrainingStepResult())
-            except RuntimeError as exc:
-                code = 0 if "forked child" in str(exc) else 4
-            os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+    out = subprocess.run([sys.executable, "-c", FORKED.replace("CONFIG", repr(store_config))],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert "child 0" in out.stdout, out.stdout + out.stderr
     steps = DataFetcher(store_config).get_training_result("forky").get_steps()
     assert [s.get_metric("x") for s in steps] == list(range(100))
+    assert physical_step_count(store_config, "forky") == 100
+    child = DataFetcher(store_config).get_training_result("child-own").get_steps()
+    assert [s.get_metric("x") for s in child] == [-1]
 
 
 def test_completed_results_are_cached_and_running_ones_are_never_stale(make_storer, store_config):

@@ -10,6 +10,8 @@ import pytest
 
 from asyncstore import DataFetcher, DataStorer, TrainingResult, TrainingStepResult
 
+from ._data import physical_step_count
+
 
 def config(address: str, project: str, queue_size: int = 20_000) -> dict:
     return {
@@ -62,6 +64,8 @@ def test_saves_never_wait_while_firestore_is_unreachable_and_all_land_once_back(
     assert [s.get_metric("x") for s in fetched.get_steps()] == [
         [i, [i / 7, float(i)]] for i in range(10_000)
     ]
+    assert physical_step_count(config(firestore_emulator.host, firestore_project),
+                               "outage") == 10_000  # once each, as stored
 
 
 def test_cut_connections_are_retried_and_nothing_is_doubled(
@@ -78,6 +82,8 @@ def test_cut_connections_are_retried_and_nothing_is_doubled(
         "cut"
     )
     assert [s.get_metric("x")[0] for s in fetched.get_steps()] == list(range(3000))
+    assert physical_step_count(config(firestore_emulator.host, firestore_project),
+                               "cut") == 3000
 
 
 def test_full_queue_blocks_the_caller_until_room_and_stats_show_it(
@@ -95,9 +101,11 @@ def test_full_queue_blocks_the_caller_until_room_and_stats_show_it(
     t.start()
     assert not done.wait(1.0), "a save into a full queue returned while the store was down"
     assert ds.stats().high_water == 50
+    assert ds.stats().blocked == 1  # the waiting save is counted at once
     proxy.resume()
     assert done.wait(60)
     t.join()
+    assert ds.stats().blocked_seconds >= 1.0  # and how long it waited
     ds.close(timeout=60)
     assert ds.stats().written == 52
 
