@@ -44,10 +44,6 @@ def _lower_priority() -> None:
         pass
 
 
-def _not_yet(what: str) -> NotImplementedError:
-    return NotImplementedError(f"{what} is not implemented in this version of asyncstore")
-
-
 class DataStorer:
     """Stores Sparsey results in every configured document store without blocking.
 
