@@ -234,14 +234,25 @@ class _Lane:
 
     async def _deliver(self, units: list[Unit]) -> None:
         w = self.writer
-        failed: set[int] = set()
         try:
             payloads = self.sink.payloads(units)
         except Exception as exc:  # noqa: BLE001 - a sink bug must not kill the writer
-            payloads = []
             w._fail(units, self.sink, exc)
-            failed = {id(u) for u in units}
-        for payload, members in payloads:
+            for u in units:
+                w._completion.finish(u, failed=True)
+            return
+        # A unit is done in this lane once the last payload holding it is committed, not
+        # when the whole backlog taken at once is: a slow sink (W&B behind a fast loop)
+        # must free queue room as it goes, not in one lump after many seconds.
+        last: dict[int, int] = {}
+        for k, (_, members) in enumerate(payloads):
+            for u in members:
+                last[id(u)] = k
+        for u in units:
+            if id(u) not in last:  # nothing of it for this sink
+                w._completion.finish(u, failed=False)
+        failed: set[int] = set()
+        for k, (payload, members) in enumerate(payloads):
             try:
                 await w._retrying(self.sink, payload)
             except Exception as exc:  # noqa: BLE001 - reported through flush()/stats()
@@ -254,8 +265,9 @@ class _Lane:
                 else:
                     w._fail(todo, self.sink, exc)
                     failed.update(id(u) for u in todo)
-        for u in units:
-            w._completion.finish(u, failed=id(u) in failed)
+            for u in members:
+                if last[id(u)] == k:
+                    w._completion.finish(u, failed=id(u) in failed)
 
     async def _deliver_alone(self, unit: Unit, failed: set[int]) -> None:
         try:

@@ -4,13 +4,18 @@ Needs the Firestore emulator: ``make bench`` starts one (or set FIRESTORE_EMULAT
 
 Prints, for realistic Sparsey steps (2 layers, 13 MACs, about 10 KB each):
   1. p50 / p99 of one ``save_training_step`` call, asyncstore vs seed-style (one document
-     read and one write per step, synchronously, against the same emulator), and ratio;
+     read and one write per step, synchronously, against the same emulator), and ratio,
+     on the same pre-made steps;
   2. Firestore document writes per stored step;
   3. wall time per step of a torch loop doing about 1 ms of work, alone and with
-     asyncstore storing every step (rounds interleaved to cancel drift), and the ratio.
+     asyncstore storing every step in the embedded store and in Firestore, in short
+     blocks that take turns (see ``_paired.py``: this machine drifts more than the
+     effect), with the paired ratio, the training thread's CPU per step, and the p50 /
+     p99 of the saves made inside the loop (the step fresh in cache, as in training).
 
-Options: --steps N (default 10000), --loop-steps N (default 3000), --rounds N (default 3),
---large (use the 1.2 MB 6-layer step instead).
+Options: --steps N (default 10000), --rounds N (default 16), --block N (default 500),
+--torch-threads N (default: torch's own choice, every core), --large (the 1.2 MB
+6-layer step instead).
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ import torch
 from asyncstore import DataStorer, TrainingResult
 from asyncstore import _codec
 from asyncstore._synthetic import LARGE, LARGE_PIXELS, SparseyLike, metric_config
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _paired import Arm, compare, report
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -94,22 +102,27 @@ def count_batch_docs(project, host):
     return n
 
 
-def loop(model, n, ds=None, exp_id="loop"):
-    t0 = time.perf_counter()
-    for _ in range(n):
-        step = model.step()
-        if ds is not None:
-            ds.save_training_step(exp_id, step)
-    return (time.perf_counter() - t0) / n * 1e3
+def timed_saves(ds, exp_id, times):
+    clock = time.perf_counter_ns
+
+    def save(step):
+        t0 = clock()
+        ds.save_training_step(exp_id, step)
+        times.append((clock() - t0) / 1e3)
+
+    return save
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--steps", type=int, default=10_000)
-    ap.add_argument("--loop-steps", type=int, default=3000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=16)
+    ap.add_argument("--block", type=int, default=500)
+    ap.add_argument("--torch-threads", type=int, default=0)
     ap.add_argument("--large", action="store_true")
     args = ap.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     host = os.environ.get("FIRESTORE_EMULATOR_HOST")
     if not host:
         print("needs the Firestore emulator: run `make bench` or set FIRESTORE_EMULATOR_HOST")
@@ -139,26 +152,30 @@ def main() -> int:
     print(f"\n== Firestore document writes ==\n{docs} batch documents for {args.steps} steps:"
           f" 1 write per {args.steps / max(docs, 1):.0f} steps")
 
-    # 3: the training loop, alone and storing every step, rounds interleaved
+    # 3: the training loop, alone and storing every step, in blocks that take turns
     model = SparseyLike(work_ms=1.0, **shape)
-    loop(model, 200)  # warm up
-    times: dict[str, list[float]] = {"alone": [], "local": [], "firestore": []}
-    for r in range(args.rounds):
-        times["alone"].append(loop(model, args.loop_steps))
-        for store in ("local", "firestore"):
-            ds = DataStorer(metric_config(), config(project, host, tmp, store))
-            times[store].append(loop(model, args.loop_steps, ds, f"loop-{store}-{r}"))
-            ds.close()
-        print(f"round {r}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in times.items())
-              + " ms/step")
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\n== torch loop, ~1 ms work/step, {args.loop_steps} steps x {args.rounds} rounds "
-          "(median ms/step) ==")
-    print(f"{'alone':34}{med['alone']:.3f}")
-    print(f"{'storing every step, embedded store':34}{med['local']:.3f}   ratio "
-          f"{med['local'] / med['alone']:.3f}")
-    print(f"{'storing every step, Firestore':34}{med['firestore']:.3f}   ratio "
-          f"{med['firestore'] / med['alone']:.3f}   (the emulator shares this machine's cores)")
+    for _ in range(200):
+        model.step()  # warm up
+    storers = {store: DataStorer(metric_config(), config(project, host, tmp, store))
+               for store in ("local", "firestore")}
+    saves: dict[str, list[float]] = {"local": [], "firestore": []}
+    alone = Arm("alone")
+    arms = [alone] + [
+        Arm(f"storing every step, {label}", timed_saves(ds, f"loop-{store}", saves[store]),
+            ds.flush)
+        for (store, ds), label in zip(storers.items(), ("embedded store", "Firestore"), strict=True)
+    ]
+    compare(model.step, arms, rounds=args.rounds, block=args.block)
+    for ds in storers.values():
+        ds.close()
+    ratios = report(arms, alone, f"torch loop, ~1 ms work/step, {torch.get_num_threads()} "
+                    f"torch thread(s), {args.rounds} rounds x {args.block} steps")
+    for store, label in (("local", "embedded store"), ("firestore", "Firestore")):
+        t = saves[store]
+        print(f"save_training_step inside the loop, {label}: p50 {percentile(t, 50):.1f} us, "
+              f"p99 {percentile(t, 99):.1f} us")
+    print(f"(the Firestore emulator, a JVM, runs on this machine's {os.cpu_count()} cores too; "
+          f"embedded {ratios[arms[1].name]:.3f}x, Firestore {ratios[arms[2].name]:.3f}x)")
     return 0
 
 

@@ -163,6 +163,48 @@ async def test_a_stalled_sink_does_not_hold_back_another():
     assert steps_in(stalled) == list(range(5)) and q.done == 5
 
 
+class OnePerPayloadSink(MemorySink):
+    """Each unit a payload of its own, each commit held at a gate: a slow sink."""
+
+    def payloads(self, units: Sequence[Unit]) -> list[tuple[Any, list[Unit]]]:
+        return [([u], [u]) for u in units]
+
+
+@pytest.mark.anyio
+async def test_a_slow_sink_frees_queue_room_payload_by_payload():
+    """A backlog the lane takes at once is done unit by unit as its payloads commit:
+    a producer waiting for room waits for one payload, not the whole backlog."""
+    q = OpQueue(1000)
+    sink = OnePerPayloadSink("slow")
+    gates = [anyio.Event() for _ in range(3)]
+    calls = 0
+
+    async def commit(payload: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await gates[calls - 1].wait()
+        sink.units.extend(payload)
+
+    sink.commit = commit  # type: ignore[method-assign]
+    writer = Writer(q, [sink], retry=FAST, flush_interval=0.01, max_batch_steps=2)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer.run)
+        for i in range(6):  # three units of two steps, all in the lane at once
+            q.put(step_op("e", i))
+        q.request_flush()
+        with anyio.fail_after(5):
+            while calls < 1:
+                await anyio.sleep(0.01)
+            gates[0].set()
+            while q.done < 2:
+                await anyio.sleep(0.01)
+        assert q.done == 2  # the first unit is done; the others wait on their commits
+        gates[1].set()
+        gates[2].set()
+        q.close()
+    assert q.done == 6 and steps_in(sink) == list(range(6))
+
+
 @pytest.mark.anyio
 async def test_summary_only_sinks_get_no_steps():
     q = OpQueue(1000)
