@@ -36,6 +36,8 @@ from ._results import HPOResult, HPOStepResult, TrainingResult, TrainingStepResu
 
 log = logging.getLogger("asyncstore")
 
+YIELD_EVERY = 64  # saves between two full checkpoints of a task that only saves
+
 
 class _State(enum.Enum):
     UNOPENED = "unopened"
@@ -67,6 +69,7 @@ class AsyncDataStorer:
         self._unstored_reported = False
         self._aclose_cut_short = False
         self._writer_scope: anyio.CancelScope | None = None
+        self._puts = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -188,7 +191,15 @@ class AsyncDataStorer:
         return self._engine.stats()
 
     async def _put(self, build: Any, *args: Any) -> None:
-        await anyio.lowlevel.checkpoint_if_cancelled()
+        # Before anything is built, so a cancellation here leaves nothing half-done.
+        # A full checkpoint every YIELD_EVERY saves: a task that only awaits saves must
+        # still let the writer (and the loop's other tasks) run, without paying a
+        # scheduler round trip on every step.
+        self._puts += 1
+        if self._puts % YIELD_EVERY == 0:
+            await anyio.lowlevel.checkpoint()
+        else:
+            await anyio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         if self._queue.full():
             # Back-pressure: wait for room *before* building the op, so that a

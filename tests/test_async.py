@@ -190,3 +190,31 @@ async def test_experiment_session_creates_on_entry_and_saves_the_result_on_exit(
     assert got.end_time == result.end_time is not None
     assert got.best_steps["x"]["best_index"] == 2
     assert len(got.get_steps()) == 5
+
+
+async def test_a_task_that_only_awaits_saves_lets_the_loops_other_tasks_run(tmp_path):
+    """No sleep in the saving loop: the saves themselves checkpoint now and then (as
+    trio asks of every async call), so the loop's other tasks (the writer among them)
+    keep running; before, they ran only once the queue was full."""
+    beats = 0
+
+    async def heartbeat() -> None:
+        nonlocal beats
+        while True:
+            beats += 1
+            await anyio.sleep(0)
+
+    async with AsyncDataStorer(X, local_config(tmp_path, queue_size=1_000_000)) as store:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(heartbeat)
+            await anyio.sleep(0)
+            beats = 0
+            start = time.monotonic()
+            i = 0
+            while time.monotonic() - start < 0.5:
+                await store.save_training_step("busy", step(i))
+                i += 1
+            tg.cancel_scope.cancel()
+    assert beats >= i // 64 - 1 > 0, (beats, i)
+    got = DataFetcher(local_config(tmp_path)).get_training_result("busy").get_steps()
+    assert [s.get_metric("x") for s in got] == list(range(i))
