@@ -42,35 +42,47 @@ def run_demo(
                f"(~{work_ms:g} ms of torch work a step, torch on {torch.get_num_threads()} "
                f"of {cores} cores)")
 
-    def run(ds: DataStorer | None, result: TrainingResult | None) -> tuple[float, list[float]]:
-        saves = []
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step = model.step()
-            if ds is not None and result is not None:
-                result.add_step(step)
-                s0 = time.perf_counter()
-                ds.save_training_step(exp_id, step)
-                saves.append(time.perf_counter() - s0)
-        return (time.perf_counter() - t0) / steps, saves
-
-    run(None, None)  # warm up
-    alone, _ = run(None, None)
     metrics = {"match_accuracy": "max_by_layerwise_mean"}
     result = TrainingResult(exp_id, metrics=metrics,
                             configs={"model": {"macs": list(model.macs)}, "work_ms": work_ms})
+    saves: list[float] = []
+
+    def block(n: int, ds: DataStorer | None, into: TrainingResult) -> float:
+        """n steps; each is added to ``into`` (the loop's own bookkeeping, with or
+        without storage) and, with ``ds``, stored. Seconds per step."""
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step = model.step()
+            into.add_step(step)
+            if ds is not None:
+                s0 = time.perf_counter()
+                ds.save_training_step(exp_id, step)
+                saves.append(time.perf_counter() - s0)
+        return (time.perf_counter() - t0) / n
+
+    block(min(steps, 100), None, TrainingResult("warm-up", metrics=metrics))
+    # This machine's speed can drift by tens of percent within seconds: the loop runs
+    # in blocks, alone and storing by turns, and each stored block is compared with the
+    # block just before it.
+    blocks = max(1, min(5, steps // 50))
+    sizes = [steps // blocks + (1 if k < steps % blocks else 0) for k in range(blocks)]
+    alone_times: list[float] = []
+    stored_times: list[float] = []
+    drain = 0.0
     with DataStorer(metric_config(), cfg) as ds:
         ds.create_experiment(result)
         t0 = time.perf_counter()
         ds.flush()  # the W&B worker starts (imports torch and wandb) before the timing
         if cfg.wandb.resolved_mode != "disabled":
             click.echo(f"W&B worker process ready in {time.perf_counter() - t0:.1f} s")
-        stored, saves = run(ds, result)
+        for n in sizes:
+            alone_times.append(block(n, None, TrainingResult("alone", metrics=metrics)))
+            stored_times.append(block(n, ds, result))
+            t0 = time.perf_counter()
+            ds.flush()  # outside the timing, so the next "alone" block runs alone
+            drain += time.perf_counter() - t0
         result.mark_finished()
         ds.save_training_result(result)
-        t0 = time.perf_counter()
-        ds.flush()
-        drain = time.perf_counter() - t0
         evaluation = TrainingResult(exp_id, "evaluation", metrics=metrics)
         for _ in range(eval_steps):
             step = model.step()
@@ -80,6 +92,9 @@ def run_demo(
         ds.save_evaluation_result(evaluation)
         ds.flush()
         stats = ds.stats()
+    alone = statistics.median(alone_times)
+    stored = statistics.median(stored_times)
+    ratio = statistics.median(s / a for s, a in zip(stored_times, alone_times, strict=True))
     with DataFetcher(cfg) as fetcher:
         fetched = fetcher.get_training_result(exp_id)
         evaluated = fetcher.get_evaluation_result(exp_id)
@@ -88,10 +103,10 @@ def run_demo(
                f"{len(evaluated.get_steps())} of {eval_steps} evaluation steps of experiment "
                f"{exp_id} ({stats.written} operations written, {stats.failed} failed)")
     click.echo(f"per step: {alone * 1e3:.3f} ms without storage, {stored * 1e3:.3f} ms with "
-               f"(x{stored / alone:.2f})")
+               f"(x{ratio:.2f}, the median over {blocks} pairs of blocks taking turns)")
     click.echo(f"save_training_step on the hot path: p50 {statistics.median(saves_us):.0f} us, "
                f"p99 {saves_us[int(0.99 * (len(saves_us) - 1))]:.0f} us; "
-               f"flush after the loop took {drain * 1e3:.0f} ms")
+               f"the flushes after the blocks took {drain * 1e3:.0f} ms in all")
     best = fetched.best_steps.get("match_accuracy")
     if best is not None:
         click.echo(f"best match_accuracy at training step {best['best_index']}")

@@ -336,3 +336,39 @@ def test_hpo_result_attributes_and_mark_finished() -> None:
     assert sweep.end_time is None
     sweep.mark_finished()
     assert sweep.end_time is not None and sweep.end_time >= sweep.start_time
+
+
+def test_built_in_comparisons_pick_the_same_best_steps_as_calling_them():
+    """add_step averages each new value once for the built-in comparisons (not the best
+    value again every step); the best steps are those calling the comparison gives,
+    also after best_steps is replaced from outside."""
+    import random
+
+    from asyncstore import TrainingResult, TrainingStepResult, comparisons
+
+    rng = random.Random(5)
+
+    def value() -> object:
+        kind = rng.randrange(4)
+        if kind == 0:
+            return rng.random()
+        if kind == 1:
+            return [[rng.random() for _ in range(rng.randrange(1, 4))] for _ in range(2)]
+        if kind == 2:
+            return torch.rand(rng.randrange(1, 5))
+        return float("nan")
+
+    for builtin in (comparisons.max_by_layerwise_mean, comparisons.min_by_layerwise_mean):
+        fast = TrainingResult("a", metrics={"m": builtin})
+        called = TrainingResult("b", metrics={"m": lambda x, y, f=builtin: f(x, y)})
+        for i in range(300):
+            step = TrainingStepResult()
+            step.add_metric("m", value())
+            fast.add_step(step)
+            called.add_step(step)
+            if i == 150:  # replaced from outside: the cached mean must not be used
+                fast.best_steps["m"] = dict(fast.best_steps["m"], best_value=10.0 if
+                                            builtin is comparisons.max_by_layerwise_mean
+                                            else -10.0)
+                called.best_steps["m"] = dict(fast.best_steps["m"])
+            assert fast.best_steps["m"]["best_index"] == called.best_steps["m"]["best_index"]
