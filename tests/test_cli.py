@@ -26,6 +26,7 @@ from asyncstore import (
     HPOResult,
     HPOStepResult,
     NotFoundError,
+    StorageError,
     TrainingResult,
     TrainingStepResult,
     _codec,
@@ -505,3 +506,30 @@ def test_the_metric_names_come_from_the_first_step_even_when_it_spans_documents(
     summary = experiment_summary(_Docs(docs), "e")
     assert summary.phases["training"].stored_metrics == ["weights", "loss"]
     assert summary.phases["training"].steps == 3 and summary.configs == {}
+
+
+def test_recover_exits_1_while_dead_letters_still_fail_and_stores_them_once_fixed(tmp_path):
+    broken = tmp_path / "store.db"
+    broken.mkdir()  # SQLite cannot open a directory: every commit fails for good
+    spool = tmp_path / "spool.db"
+    cfg = {"wandb": {"mode": "disabled"},
+           "database": {"write_databases": [{"name": "local", "path": str(broken)}]},
+           "writer": {"spool_path": str(spool),
+                      "retry": {"attempts": 1, "initial": 0.01, "max_wait": 0.01}}}
+    ds = DataStorer([{"name": "x", "save": True}], cfg)
+    for i in range(10):
+        s = TrainingStepResult()
+        s.add_metric("x", i)
+        ds.save_training_step("dl", s)
+    with pytest.raises(StorageError):
+        ds.close()
+    still = run_cli("recover", str(spool), cwd=tmp_path)
+    assert still.returncode == 1
+    assert still.stdout.startswith("10 operation(s) in the spool: 0 stored, 10 still failing")
+    assert "experiment 'dl'" in still.stderr and "Traceback" not in still.stderr
+    broken.rmdir()  # the cause is gone
+    fixed = run_cli("recover", str(spool), cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr
+    assert fixed.stdout.startswith("10 operation(s) in the spool: 10 stored, 0 still failing")
+    steps = DataFetcher(cfg).get_training_result("dl").get_steps()
+    assert [s.get_metric("x") for s in steps] == list(range(10))
