@@ -9,7 +9,10 @@ background work runs into another's block; the flush time is reported on its own
 is the storage work the loop did not overlap).
 
 Reported per arm: ms per step (median over rounds), the median of the per-round ratios
-to the reference arm with their quartiles, and the mean flush after a block.
+to the reference arm with their quartiles, the mean flush after a block, and the
+paired ratio counting the flush in (the time to train *and* store a block: where a
+sink is slower than the loop, this is what a long run pays, the first ratio only what
+the loop pays while the backlog fits in the queue).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class Arm:
     ms: list[float] = field(default_factory=list)  # per block, ms per step
     cpu: list[float] = field(default_factory=list)  # per block, training thread CPU ms/step
     flush_ms: list[float] = field(default_factory=list)
+    block: int = 0  # steps per block, set by compare()
 
 
 def run_block(make_step: Callable[[], Step], arm: Arm, steps: int) -> None:
@@ -52,6 +56,8 @@ def run_block(make_step: Callable[[], Step], arm: Arm, steps: int) -> None:
 def compare(make_step: Callable[[], Step], arms: list[Arm], *, rounds: int, block: int,
             verbose: bool = True) -> None:
     """Run ``rounds`` rounds, each a block of every arm, the order rotating."""
+    for arm in arms:
+        arm.block = block
     for r in range(rounds):
         k = r % len(arms)
         order = arms[k:] + arms[:k]
@@ -76,13 +82,26 @@ def report(arms: list[Arm], reference: Arm, title: str) -> dict[str, float]:
     """Print the table; returns each arm's median paired ratio to ``reference``."""
     print(f"\n== {title} ==")
     print(f"{'':36}{'ms/step':>9}{'train-thread CPU':>18}{'paired ratio':>14}"
-          f"{'quartiles':>16}{'flush ms':>10}")
+          f"{'quartiles':>16}{'flush ms':>10}{'with flush':>12}")
     out = {}
     for arm in arms:
         ratios = [a / b for a, b in zip(arm.ms, reference.ms, strict=True)]
         lo, mid, hi = quartiles(ratios)
         out[arm.name] = mid
         flush = f"{statistics.mean(arm.flush_ms):10.1f}" if arm.flush_ms else f"{'':10}"
+        whole = statistics.median(
+            _with_flush(arm, k) / _with_flush(reference, k) for k in range(len(arm.ms))
+        )
+        out[arm.name + " with flush"] = whole
         print(f"{arm.name:36}{statistics.median(arm.ms):9.3f}{statistics.median(arm.cpu):15.3f} ms"
-              f"{mid:13.3f}x  [{lo:.3f}, {hi:.3f}]{flush}")
+              f"{mid:13.3f}x  [{lo:.3f}, {hi:.3f}]{flush}{whole:11.3f}x")
     return out
+
+
+def _with_flush(arm: Arm, k: int) -> float:
+    """Block ``k``'s whole time in ms, its flush included."""
+    flush = arm.flush_ms[k] if k < len(arm.flush_ms) else 0.0
+    return arm.ms[k] * arm.block + flush
+
+
+

@@ -31,7 +31,8 @@ import uuid
 import torch
 
 from asyncstore import DataStorer, TrainingResult
-from asyncstore import _codec
+from asyncstore import _codec, load_config
+from asyncstore._front import Front
 from asyncstore._synthetic import LARGE, LARGE_PIXELS, SparseyLike, metric_config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -160,7 +161,12 @@ def main() -> int:
                for store in ("local", "firestore")}
     saves: dict[str, list[float]] = {"local": [], "firestore": []}
     alone = Arm("alone")
-    arms = [alone] + [
+    # What the training thread does in a save, and nothing else: check and encode the
+    # step (the snapshot). No queue, no writer thread: the rest of a save's cost.
+    front = Front(load_config(config(project, host, tmp, "local")),
+                  frozenset(m["name"] for m in metric_config()))
+    arms = [alone, Arm("encoding only (no queue, no writer)",
+                       lambda s: front.step("encode-only", s, "training"))] + [
         Arm(f"storing every step, {label}", timed_saves(ds, f"loop-{store}", saves[store]),
             ds.flush)
         for (store, ds), label in zip(storers.items(), ("embedded store", "Firestore"), strict=True)
@@ -175,7 +181,8 @@ def main() -> int:
         print(f"save_training_step inside the loop, {label}: p50 {percentile(t, 50):.1f} us, "
               f"p99 {percentile(t, 99):.1f} us")
     print(f"(the Firestore emulator, a JVM, runs on this machine's {os.cpu_count()} cores too; "
-          f"embedded {ratios[arms[1].name]:.3f}x, Firestore {ratios[arms[2].name]:.3f}x)")
+          f"encoding alone {ratios[arms[1].name]:.3f}x, embedded {ratios[arms[2].name]:.3f}x, "
+          f"Firestore {ratios[arms[3].name]:.3f}x)")
     return 0
 
 
