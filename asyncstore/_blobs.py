@@ -31,14 +31,11 @@ from typing import Any
 
 from ._documents import BATCHES, BLOBS, DocumentReader, Write
 from ._exceptions import CodecError
-from ._layout import CHUNK_BYTES, LAYOUT_VERSION
+from ._layout import CHUNK_BYTES, LAYOUT_VERSION, split_chunks
+from ._layout import digest as _digest
 
 INLINE_MAX = 16 * 1024
 REF = "blob_ref"
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=32).hexdigest()
 
 
 def blob_id(digest: str, chunk: int) -> str:
@@ -55,7 +52,7 @@ def _swap(value: Any, out: list[Write]) -> Any:
     writes of those values appended to ``out``."""
     if isinstance(value, bytes) and len(value) > INLINE_MAX:
         digest = _digest(value)
-        pieces = [value[i : i + CHUNK_BYTES] for i in range(0, len(value), CHUNK_BYTES)]
+        pieces = split_chunks(value)
         out.extend(
             Write(BLOBS, blob_id(digest, k),
                   {"v": LAYOUT_VERSION, "kind": "blob", "digest": digest, "chunk": k,

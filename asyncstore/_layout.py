@@ -70,6 +70,17 @@ def step_record(index: int, step: TrainingStepResult, saved: Container[str]) -> 
             "m": metrics}
 
 
+def split_chunks(payload: bytes) -> list[bytes]:
+    """``payload`` cut into pieces of at most :data:`CHUNK_BYTES`, each for one document
+    (none for an empty payload)."""
+    return [payload[i : i + CHUNK_BYTES] for i in range(0, len(payload), CHUNK_BYTES)]
+
+
+def digest(payload: bytes) -> str:
+    """blake2b-256 hex: what a chunked payload is checked against when read back."""
+    return hashlib.blake2b(payload, digest_size=32).hexdigest()
+
+
 def group_id(experiment: str, phase: str, first: int, count: int, chunk: int) -> str:
     digest = hashlib.blake2b(
         f"{experiment}\x00{phase}\x00{first}\x00{count}".encode(), digest_size=10
@@ -81,7 +92,7 @@ def group_writes(
     experiment: str, phase: str, first: int, count: int, payload: bytes
 ) -> list[Write]:
     """The documents of one run of steps: at least one, each under 1 MiB."""
-    chunks = [payload[i : i + CHUNK_BYTES] for i in range(0, len(payload), CHUNK_BYTES)] or [b""]
+    chunks = split_chunks(payload) or [b""]
     return [
         Write(
             BATCHES,

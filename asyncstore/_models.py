@@ -36,7 +36,8 @@ from typing import Any
 from . import _codec
 from ._documents import MODEL_REGISTRY, MODELS, Write
 from ._exceptions import CodecError
-from ._layout import CHUNK_BYTES, LAYOUT_VERSION, check_id
+from ._layout import LAYOUT_VERSION, check_id, split_chunks
+from ._layout import digest as _digest
 from ._sweeps import run_key
 
 WEIGHTS_FORMAT = "asyncstore-codec-1"
@@ -67,10 +68,6 @@ def state_dict_of(m: Any) -> dict[str, Any]:
         if not isinstance(name, str):
             raise TypeError(f"state dict names must be str, not {type(name).__name__}")
     return dict(state.items())
-
-
-def _digest(payload: bytes) -> str:
-    return hashlib.blake2b(payload, digest_size=32).hexdigest()
 
 
 def chunk_id(model: str, digest: str, chunk: int) -> str:
@@ -105,7 +102,7 @@ def model_writes(
     payload = _codec.encode_snapshot(state_dict_of(m))
 
     digest = _digest(payload)
-    pieces = [payload[i : i + CHUNK_BYTES] for i in range(0, len(payload), CHUNK_BYTES)]
+    pieces = split_chunks(payload)
     ids = [chunk_id(mid, digest, k) for k in range(len(pieces))]
     writes = [
         Write(MODELS, mid,
